@@ -1,0 +1,119 @@
+"""Reverse-process samplers: ancestral DDPM and DDIM, on any subsequence of the T timesteps.
+
+Both are one update from timestep t to an earlier s (s = -1 means "to x_0", alpha_bar_{-1} = 1):
+- DDPM (Ho et al. 2020, eq. 7), respaced as in Nichol & Dhariwal 2021: sample the posterior
+  q(x_s | x_t, x0_hat) with alpha' = ab_t / ab_s, beta' = 1 - alpha':
+      mean = sqrt(ab_s) beta' / (1-ab_t) x0_hat + sqrt(alpha') (1-ab_s) / (1-ab_t) x_t
+      var  = beta' (1-ab_s) / (1-ab_t)
+- DDIM (Song et al. 2021, eq. 12): x_s = sqrt(ab_s) x0_hat + sqrt(1-ab_s-sigma^2) eps_hat + sigma z,
+  sigma = eta sqrt((1-ab_s)/(1-ab_t)) sqrt(1 - ab_t/ab_s); eta = 1 gives DDPM's variance.
+Classifier-free guidance (Ho & Salimans 2022) runs conditional and unconditional halves in one
+batch of 2B: out = uncond + w (cond - uncond), i.e. torch.lerp(uncond, cond, w); w = 1 is the
+plain conditional model (and skips the unconditional half), w = 0 the unconditional one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from facediff.diffusion.objective import split_prediction
+from facediff.diffusion.schedule import NoiseSchedule
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def spaced_timesteps(num_steps: int, steps: int) -> list[int]:
+    """`steps` timesteps from T-1 down, evenly spaced and always starting at the last one.
+
+    "Trailing" spacing (Lin et al. 2024): the first step sees pure noise, as in training.
+    """
+    if not 1 <= steps <= num_steps:
+        raise ValueError(f"steps must be in 1..{num_steps} (the model's T), got {steps}.")
+    ratio = num_steps / steps
+    return [round(num_steps - i * ratio) - 1 for i in range(steps)]
+
+
+def guided_output(
+    net: nn.Module, x: Tensor, t: Tensor, y: Tensor, guidance: float, null_id: int
+) -> Tensor:
+    """Network output with classifier-free guidance, conditional and unconditional in one batch."""
+    if guidance == 1.0:
+        return net(x, t, y)
+    if y.is_floating_point():  # class weights (B, K): pad the null column K, null = one-hot on it
+        y = F.pad(y, (0, null_id + 1 - y.shape[1]))
+        null = F.one_hot(torch.full_like(y[:, 0], null_id, dtype=torch.long), null_id + 1)
+        null = null.to(y.dtype)
+    else:
+        null = torch.full_like(y, null_id)
+    out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B,C,H,W)
+    cond, uncond = out.chunk(2)
+    return torch.lerp(uncond, cond, guidance)
+
+
+def ddpm_step(x_t: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor) -> Tensor:
+    """One ancestral step t -> s from the posterior q(x_s | x_t, x0). Scalars ab_t, ab_s."""
+    alpha = ab_t / ab_s
+    beta = 1 - alpha
+    mean = (ab_s.sqrt() * beta * x0 + alpha.sqrt() * (1 - ab_s) * x_t) / (1 - ab_t)
+    var = beta * (1 - ab_s) / (1 - ab_t)
+    return mean + var.sqrt() * noise
+
+
+def ddim_step(
+    x0: Tensor, eps: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor, eta: float
+) -> Tensor:
+    """One DDIM step t -> s. Scalars ab_t, ab_s; eta = 0 is deterministic."""
+    sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()
+    return ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+
+
+@torch.no_grad()
+def sample(
+    net: nn.Module,
+    schedule: NoiseSchedule,
+    y: Tensor,
+    x_T: Tensor,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> Tensor:
+    """Run the reverse process from x_T (B,C,H,W) to images in [-1, 1].
+
+    y: (B,) class ids or (B, K) class weights. `generator` (on the CPU) draws the per-step noise,
+    so a fixed seed gives fixed samples. `on_step(t, x_t, x0_hat)` sees every step (for figures).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    null_id = net.num_classes
+    ts = spaced_timesteps(schedule.num_steps, steps)
+    x = x_T
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        ab_t = schedule.alpha_bar[t]
+        ab_s = schedule.alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = guided_output(net, x, t_batch, y, guidance, null_id).float()
+        x0, eps = split_prediction(out, x, ab_t, schedule.prediction)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+        if on_step is not None:
+            on_step(t, x, x0)
+        if s < 0:
+            x = x0
+            break
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        if sampler == "ddpm":
+            x = ddpm_step(x, x0, ab_t, ab_s, noise)
+        else:
+            x = ddim_step(x0, eps, ab_t, ab_s, noise, eta)
+    return x.clamp(-1, 1)

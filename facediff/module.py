@@ -1,0 +1,119 @@
+"""The LightningModule: thin glue between the UNet, the diffusion objective and the Trainer."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from facediff.diffusion.objective import diffusion_loss, drop_labels
+from facediff.diffusion.sampling import sample
+from facediff.diffusion.schedule import NoiseSchedule
+
+CHECKPOINT_FORMAT = 1
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DiffusionModule(L.LightningModule):
+    """Class-conditional DDPM training.
+
+    All arguments are plain containers (they are saved into every checkpoint, which is then
+    enough to rebuild the model for sampling):
+        model: the network's config, a dict with `_target_` (see conf/model/).
+        diffusion: keyword arguments of `NoiseSchedule` (see conf/diffusion/).
+        optim: `optimizer` (a partial `_target_` config) and `scheduler` (warm-up and cosine).
+        class_names: the names of the conditioning classes, in label order.
+        image_size: the side of the square training images.
+        p_uncond: per-sample probability of dropping the label (classifier-free guidance).
+        val_timesteps: number of timesteps of the fixed validation grid.
+        val_seed: seed of the fixed validation noise.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        diffusion: dict[str, Any],
+        optim: dict[str, Any],
+        class_names: list[str],
+        image_size: int,
+        p_uncond: float = 0.1,
+        val_timesteps: int = 10,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= p_uncond < 1.0:
+            raise ValueError(f"module.p_uncond must be in [0, 1), got {p_uncond}.")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.net = instantiate(model, image_size=image_size, num_classes=len(class_names))
+        self.schedule = NoiseSchedule(**diffusion)
+        T = self.schedule.num_steps
+        steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
+        self.val_t = steps.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, y = batch  # (B,3,H,W) in [-1, 1], (B,)
+        y = drop_labels(y, self.hparams.p_uncond, null_id=self.num_classes)
+        t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=self.device)
+        loss = diffusion_loss(self.net, self.schedule, x0, y, t, torch.randn_like(x0)).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss at a fixed grid of timesteps with fixed noise, so epochs are comparable."""
+        x0, y = batch
+        gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
+        losses = []
+        for t_val in self.val_t:
+            eps = torch.randn(x0.shape, generator=gen).to(x0)
+            t = torch.full((x0.shape[0],), t_val, device=self.device, dtype=torch.long)
+            loss_t = diffusion_loss(self.net, self.schedule, x0, y, t, eps).mean()
+            self.log(f"val_t/loss_t{t_val:04d}", loss_t, on_epoch=True, sync_dist=True)
+            losses.append(loss_t)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    @torch.no_grad()
+    def generate(self, y: Tensor, x_T: Tensor, **sampler_kwargs: Any) -> Tensor:
+        """Images in [-1, 1] from the current weights (the EMA ones during validation)."""
+        return sample(
+            self.net, self.schedule, y.to(self.device), x_T.to(self.device), **sampler_kwargs
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.hparams.optim
+        optimizer = instantiate(optim["optimizer"])(self.parameters())
+        sched = optim["scheduler"]
+        lr_lambda = partial(
+            warmup_cosine,
+            warmup_steps=sched["warmup_steps"],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_lr_ratio=sched["min_lr_ratio"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A marker so that sampling and resume can tell a facediff checkpoint from any other.
+        checkpoint["facediff"] = {"format": CHECKPOINT_FORMAT, "class_names": self.class_names}

@@ -1,0 +1,85 @@
+"""`run(cfg)`: one training run from a composed Hydra config (what train.py calls)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from facediff.checkpoint import check_resumable
+from facediff.loggers import build_logger, config_for_logging, finish_loggers
+from facediff.module import DiffusionModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """`auto`: 16-bit mixed precision on a GPU, full fp32 on a CPU.
+
+    On CPU Lightning would turn 16-mixed into bf16-mixed, which for the small convolutions of
+    these UNets measured slower than fp32 on our 2-core test machine (see README, Benchmarks).
+    """
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "16-mixed" if on_gpu else "32-true"
+
+
+def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:
+    """The LightningModule of `cfg`, with plain-container hyper-parameters (checkpoint-safe)."""
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True)
+
+    return DiffusionModule(
+        model=plain(cfg.model),
+        diffusion=plain(cfg.diffusion),
+        optim=plain(cfg.optim),
+        class_names=list(class_names),
+        image_size=int(cfg.data.image_size),
+        **plain(cfg.module),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Trainer with the configured callbacks and logger, writing into `paths.output_dir`."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = build_logger(cfg.get("logger"))
+    precision = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger,
+        precision=precision,
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train (and optionally test) as configured; return `cfg.optimized_metric` for sweepers."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.class_names)
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, dict(module.hparams))
+    trainer = build_trainer(cfg)
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config_for_logging(cfg))
+        log.info("Classes: %s; schedule: %s", module.class_names, module.schedule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.get("test"):
+            trainer.test(module, datamodule=datamodule)
+        metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
+        return None if metric is None else float(metric)
+    finally:
+        finish_loggers(trainer.loggers)

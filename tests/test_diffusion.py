@@ -1,0 +1,218 @@
+"""Schedule math, the training objective and the samplers against closed forms."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from facediff.diffusion.objective import (
+    drop_labels,
+    loss_weight,
+    q_sample,
+    split_prediction,
+    v_target,
+)
+from facediff.diffusion.sampling import (
+    ddim_step,
+    ddpm_step,
+    guided_output,
+    sample,
+    spaced_timesteps,
+)
+from facediff.diffusion.schedule import NoiseSchedule, make_betas
+
+
+def test_linear_schedule_matches_the_original_and_keeps_signal_at_T():
+    s = NoiseSchedule(500, schedule="linear")
+    assert s.betas[0].item() == pytest.approx(1e-4)
+    assert s.betas[-1].item() == pytest.approx(0.02)
+    # The original's defect: 8% of the image survives at the last step.
+    assert s.terminal_signal() == pytest.approx(0.0797, abs=2e-3)
+
+
+def test_cosine_default_ends_in_pure_noise():
+    s = NoiseSchedule(500, schedule="cosine")
+    assert s.terminal_signal() < 1e-3
+    assert torch.all(s.alpha_bar[1:] < s.alpha_bar[:-1])  # strictly decreasing
+    assert s.alpha_bar[0] > 0.999
+
+
+def test_zero_terminal_snr_rescale():
+    betas = make_betas("linear", 500)
+    rescaled = make_betas("linear", 500, zero_terminal_snr=True)
+    ab, ab_r = torch.cumprod(1 - betas, 0), torch.cumprod(1 - rescaled, 0)
+    assert ab_r[-1] == 0
+    assert ab_r[0] == pytest.approx(ab[0].item())  # the first step is unchanged
+    assert torch.all(rescaled <= 1) and torch.all(rescaled >= 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"schedule": "quadratic"}, "Unknown diffusion.schedule"),
+        ({"prediction": "x0"}, "Unknown diffusion.prediction"),
+        ({"zero_terminal_snr": True}, "needs diffusion.prediction=v"),
+        ({"num_steps": 1}, "num_steps must be >= 2"),
+        ({"schedule": "linear", "beta_start": 0.1, "beta_end": 0.01}, "beta_start < beta_end"),
+        ({"min_snr_gamma": -1.0}, "min_snr_gamma"),
+    ],
+)
+def test_bad_schedule_configs_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NoiseSchedule(**kwargs)
+
+
+def test_q_sample_marginal_variance():
+    ab = torch.tensor(0.3).reshape(1, 1, 1, 1)
+    x_t = q_sample(torch.zeros(1, 3, 64, 64), torch.randn(1, 3, 64, 64), ab)
+    assert x_t.var().item() == pytest.approx(0.7, rel=0.05)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_split_prediction_inverts_the_targets(prediction):
+    x0, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    ab = torch.tensor([0.9, 0.5, 0.1, 0.01]).reshape(4, 1, 1, 1)
+    x_t = q_sample(x0, eps, ab)
+    out = eps if prediction == "eps" else v_target(x0, eps, ab)
+    x0_hat, eps_hat = split_prediction(out, x_t, ab, prediction)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eps_hat, eps, atol=1e-4, rtol=1e-4)
+
+
+def test_min_snr_weights():
+    ab = torch.tensor([0.5, 0.99]).reshape(2, 1, 1, 1)  # SNR 1 and 99
+    assert loss_weight(ab, "eps", None).flatten().tolist() == [1.0, 1.0]
+    w_eps = loss_weight(ab, "eps", 5.0).flatten()
+    torch.testing.assert_close(w_eps, torch.tensor([1.0, 5.0 / 99.0]))
+    w_v = loss_weight(ab, "v", 5.0).flatten()
+    torch.testing.assert_close(w_v, torch.tensor([0.5, 5.0 / 100.0]))
+
+
+def test_labels_are_dropped_per_sample_not_per_batch():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.zeros(100, 10, dtype=torch.long)  # 100 batches of 10
+    dropped = torch.stack([drop_labels(b, 0.1, null_id=3, generator=gen) for b in y]) == 3
+    assert dropped.float().mean().item() == pytest.approx(0.1, abs=0.03)
+    per_batch = dropped.sum(1)
+    assert ((per_batch > 0) & (per_batch < 10)).any()  # partial batches: per-sample dropout
+    assert torch.equal(drop_labels(y[0], 0.0, null_id=3), y[0])
+
+
+def test_spaced_timesteps():
+    assert spaced_timesteps(500, 500) == list(range(499, -1, -1))
+    ts = spaced_timesteps(500, 20)
+    assert ts[0] == 499 and len(ts) == 20 and all(a > b for a, b in itertools.pairwise(ts))
+    for bad in (0, 501):
+        with pytest.raises(ValueError, match=r"steps must be in 1\.\.500"):
+            spaced_timesteps(500, bad)
+
+
+def test_ddpm_step_is_ho_et_al_eq11_on_consecutive_steps():
+    s = NoiseSchedule(100, schedule="linear")
+    t = 40
+    ab_t, ab_s, beta, alpha = s.alpha_bar[t], s.alpha_bar[t - 1], s.betas[t], s.alphas[t]
+    x_t, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    x0, _ = split_prediction(eps, x_t, ab_t, "eps")
+    ours = ddpm_step(x_t, x0, ab_t, ab_s, torch.zeros_like(x_t))
+    ho = (x_t - beta / (1 - ab_t).sqrt() * eps) / alpha.sqrt()
+    torch.testing.assert_close(ours, ho, atol=1e-4, rtol=1e-4)
+    # Variance: beta_tilde = (1 - ab_{t-1}) / (1 - ab_t) * beta_t; DDIM with eta = 1 matches it.
+    noise = torch.ones_like(x_t)
+    var = (ddpm_step(x_t, x0, ab_t, ab_s, noise) - ours).pow(2).mean()
+    torch.testing.assert_close(var, (1 - ab_s) / (1 - ab_t) * beta, atol=1e-6, rtol=1e-4)
+    ddim_mean = ddim_step(x0, eps, ab_t, ab_s, torch.zeros_like(x_t), eta=1.0)
+    torch.testing.assert_close(ddim_mean, ours, atol=1e-4, rtol=1e-4)
+
+
+class OracleNet(nn.Module):
+    """Predicts exactly the output that denoises towards a known image `target` of class 1."""
+
+    def __init__(self, schedule: NoiseSchedule, target: torch.Tensor) -> None:
+        super().__init__()
+        self.schedule, self.target, self.num_classes, self.calls = schedule, target, 2, []
+
+    def forward(self, x, t, y):
+        self.calls.append(x.shape[0])
+        ab = self.schedule.alpha_bar[t].reshape(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
+        if self.schedule.prediction == "eps":
+            return eps
+        return v_target(self.target, eps, ab)
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
+@pytest.mark.parametrize(
+    "diffusion",
+    [{"schedule": "cosine"}, {"schedule": "linear", "prediction": "v", "zero_terminal_snr": True}],
+)
+def test_samplers_reach_the_oracle_image(sampler, eta, diffusion):
+    s = NoiseSchedule(50, **diffusion)
+    target = torch.rand(1, 3, 4, 4) * 1.6 - 0.8
+    net = OracleNet(s, target)
+    out = sample(
+        net,
+        s,
+        torch.ones(3, dtype=torch.long),
+        torch.randn(3, 3, 4, 4),
+        sampler=sampler,
+        steps=10,
+        eta=eta,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(out, target.expand(3, -1, -1, -1), atol=1e-3, rtol=1e-3)
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    s = NoiseSchedule(50)
+    net = OracleNet(s, torch.zeros(1, 3, 4, 4))
+    net.forward = lambda x, t, y: torch.sin(x)  # any smooth non-oracle map
+    runs = [
+        sample(
+            net,
+            s,
+            torch.zeros(2, dtype=torch.long),
+            torch.ones(2, 3, 4, 4),
+            sampler="ddpm",
+            steps=5,
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
+    torch.testing.assert_close(runs[0], runs[1])
+
+
+class LinearNet(nn.Module):
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(4, 1)
+        self.calls = []
+
+    def forward(self, x, t, y):
+        self.calls.append(x.shape[0])
+        e = y @ self.emb.weight[: y.shape[1]] if y.is_floating_point() else self.emb(y)
+        return x * 2 + e.reshape(-1, 1, 1, 1)
+
+
+def test_guidance_batches_cond_and_uncond_and_equals_two_passes():
+    net = LinearNet()
+    x, t, y = torch.randn(4, 3, 2, 2), torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 1])
+    guided = guided_output(net, x, t, y, guidance=3.0, null_id=3)
+    assert net.calls == [8]  # one forward pass of 2B
+    cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
+    torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond))
+    net.calls.clear()
+    torch.testing.assert_close(guided_output(net, x, t, y, 1.0, null_id=3), cond)
+    assert net.calls == [4]  # no unconditional pass at guidance 1
+
+
+def test_guidance_with_class_weights_uses_the_null_row():
+    net = LinearNet()
+    x, t = torch.randn(2, 3, 2, 2), torch.zeros(2, dtype=torch.long)
+    w = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    guided = guided_output(net, x, t, w, guidance=2.0, null_id=3)
+    uncond = net(x, t, torch.full((2,), 3))
+    cond = net(x, t, w)
+    torch.testing.assert_close(guided, uncond + 2.0 * (cond - uncond))

@@ -1,0 +1,15 @@
+"""Train a class-conditional diffusion model: `python train.py [overrides]` (see README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from facediff.training import run
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
