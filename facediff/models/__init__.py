@@ -1,0 +1,5 @@
+"""Denoising networks (plain PyTorch; their configs live in conf/model/)."""
+
+from facediff.models.unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,166 @@
+"""Building blocks of the conditional UNet: embeddings, residual blocks, attention, resampling.
+
+Every block here is plain PyTorch and knows nothing about where it sits in the network; the
+UNet (``facediff.models.unet``) wires them together, names the attention blocks and decides
+when to use gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with ``min(groups, channels)`` groups, failing loudly if they do not divide."""
+    g = min(groups, channels)
+    if channels % g != 0:
+        raise ValueError(
+            f"GroupNorm: {g} groups do not divide {channels} channels; choose `groups` so that it "
+            f"divides every feature width of the network (including the decoder's concatenated "
+            f"skip widths), e.g. a power of two no larger than base_channels"
+        )
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` so that a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer-style sinusoidal embedding of (possibly fractional) timesteps.
+
+    Returns ``cat(sin(t * f), cos(t * f))`` with frequencies ``f_i = max_period ** (-i / half)``,
+    always computed in float32: under fp16 autocast, ``t * f`` for t ~ 1000 would lose
+    most of its fractional part and the high-frequency features would be noise.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )  # (half,)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))  # (B, dim)
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features of width ``freq_channels`` followed by Linear -> SiLU -> Linear."""
+
+    def __init__(self, freq_channels: int, emb_channels: int) -> None:
+        super().__init__()
+        self.freq_channels = freq_channels
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_channels, emb_channels),
+            nn.SiLU(),
+            nn.Linear(emb_channels, emb_channels),
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        # t: (B,) int or float -> (B, emb_channels)
+        return self.mlp(sinusoidal_embedding(t, self.freq_channels))
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on an embedding through scale-shift normalisation (AdaGN).
+
+    x -> GN -> SiLU -> conv3x3 -> GN * (1 + scale) + shift -> SiLU -> Dropout -> conv3x3 (zero)
+    plus a (1x1 conv) skip, where (scale, shift) = Linear(SiLU(emb)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        dropout: float = 0.0,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_channels, 2 * out_channels)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        # x: (B, C_in, H, W), emb: (B, E) -> (B, C_out, H, W)
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B,C,1,1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H*W pixels of a feature map, with a residual.
+
+    The normal path uses ``F.scaled_dot_product_attention`` (fused kernels, the weights are
+    never materialised). When ``capture`` is set to a dict (the UNet does this inside
+    ``UNet.capture_attention()``), the weights are computed explicitly as
+    ``softmax(q k^T / sqrt(d))`` and stored, detached, under ``capture[self.name]``.
+    """
+
+    def __init__(self, channels: int, heads: int = 4, groups: int = 32) -> None:
+        super().__init__()
+        if heads < 1 or channels % heads != 0:
+            raise ValueError(
+                f"attention: attn_heads={heads} must be >= 1 and divide the {channels} channels"
+            )
+        self.heads = heads
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+        self.name = "attn"  # overwritten by the UNet with the block's module path
+        self.capture: dict[str, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        d = C // self.heads
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, d, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, d)
+        if self.capture is None:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        else:
+            s = d**-0.25  # split 1/sqrt(d) over q and k: keeps fp16 logits from overflowing
+            logits = (q * s) @ (k * s).transpose(-1, -2)  # (B, heads, HW, HW)
+            weights = logits.float().softmax(dim=-1)
+            self.capture[self.name] = weights.detach()
+            out = weights.to(v.dtype) @ v  # (B, heads, HW, d)
+        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour x2 followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # -> (B,C,2H,2W)
