@@ -92,3 +92,23 @@ class SampleGrid(Callback):
         y = torch.arange(K).repeat_interleave(n)  # (K*n,)
         x_T = torch.randn(K * n, 3, size, size, generator=gen)
         return pl_module.generate(y, x_T, generator=gen, **self.sampler_kwargs).cpu()
+
+
+class ValidateAtMaxSteps(Callback):
+    """Stop through `trainer.should_stop` at `max_steps`, so that a last validation (EMA loss,
+    sample grid) and `last.ckpt` happen at the final step.
+
+    Lightning ends a run that reaches `max_steps` mid-epoch without validating, so its
+    `last.ckpt` would be the one of the previous epoch and a resume would silently repeat steps.
+    """
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

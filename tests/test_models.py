@@ -253,5 +253,3 @@ def test_autocast_bf16(net: UNet) -> None:
             out2 = net(x, t, y)
     assert out.shape == x.shape and torch.isfinite(out).all() and torch.isfinite(out2).all()
     assert all(w.dtype == torch.float32 for w in maps.values())
-
-

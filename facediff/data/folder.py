@@ -1,0 +1,86 @@
+"""Folder layout: ``root/<class>/*.jpg|*.jpeg|*.png`` (extensions case-insensitive)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` has one of the supported image extensions (any case)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_class_folders(root: str | os.PathLike[str]) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``root``."""
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Sorted image files directly inside ``folder`` (not recursive)."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries if e.is_file() and is_image_name(e.name))
+
+
+def describe_folder_classes(root: Path) -> str:
+    """``"a: 12, b: 0"`` listing of the class folders under ``root`` with their image counts."""
+    names = list_class_folders(root)
+    if not names:
+        return "(no sub-folders)"
+    return ", ".join(f"{name}: {len(list_images(root / name))}" for name in names)
+
+
+def scan_folder(
+    root: str | os.PathLike[str], classes: Sequence[str] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """List the images of a folder-layout dataset.
+
+    Returns the class names (``classes`` in the given order, or all sub-folders sorted) and
+    ``(path, class index)`` pairs sorted by path. A requested class with no folder, or a folder
+    without images, raises ValueError listing the classes that do exist.
+    """
+    root = Path(root)
+    if classes is None:
+        names = list_class_folders(root)
+        if not names:
+            raise ValueError(
+                f"No class sub-folders in {root}. The folder layout expects "
+                "root/<class>/*.jpg|*.jpeg|*.png. Fix: put each class's images in its own "
+                "sub-folder, or use layout=utkface for a flat folder of UTKFace files."
+            )
+    else:
+        if isinstance(classes, str):
+            raise ValueError(
+                f"`classes` must be a list of folder names, got the string {classes!r}. "
+                f"Fix: write classes=[{classes}]."
+            )
+        names = [str(c) for c in classes]
+        if not names:
+            raise ValueError(
+                "`classes` is an empty list. Fix: list at least one class folder, or set "
+                "classes=null to use every sub-folder."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"`classes` lists a class twice: {names}. Fix: remove the repeat.")
+    items: list[tuple[Path, int]] = []
+    problems: list[str] = []
+    for index, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            problems.append(f"class {name!r} has no folder {folder}")
+            continue
+        images = list_images(folder)
+        if not images:
+            problems.append(f"class {name!r} has no .jpg/.jpeg/.png images in {folder}")
+        items.extend((path, index) for path in images)
+    if problems:
+        raise ValueError(
+            f"{'; '.join(problems)}. Classes that exist (images per folder): "
+            f"{describe_folder_classes(root)}. Fix: choose classes from that list or add images."
+        )
+    items.sort(key=lambda item: item[0])
+    return names, items
