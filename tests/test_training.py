@@ -195,3 +195,27 @@ def wandb_records(path: Path):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(buf)
             yield record
+
+
+@pytest.mark.parametrize("labels", ["race3", "race5"])
+def test_short_fit_on_the_real_utkface_sample(compose_cfg, real_utkface, demo_cache, labels):
+    cfg = compose_cfg(
+        f"data/labels={labels}",
+        f"data.root={real_utkface}",
+        f"paths.cache_dir={demo_cache}",
+        "model=unet_tiny",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "logger=none",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "callbacks.model_summary=null",
+        "callbacks.sample_grid.steps=2",
+        "callbacks.sample_grid.n_per_class=1",
+    )
+    run(cfg)
+    ckpt = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3
+    assert len(ckpt["hyper_parameters"]["class_names"]) == int(labels[-1])
