@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from facediff.generator import Generator
+
 log = logging.getLogger(__name__)
 
 
@@ -68,9 +70,9 @@ class SampleGrid(Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         was_training = pl_module.training
         pl_module.eval()
-        images = self.generate(pl_module)  # (K*n, 3, H, W) in [-1, 1]
+        images = self.generate(pl_module)  # (K*n, 3, H, W) in [0, 1]
         pl_module.train(was_training)
-        rows = images.add(1).div(2).split(self.n_per_class)  # K rows of n images in [0, 1]
+        rows = images.split(self.n_per_class)  # K rows of n images
         out_dir = Path(trainer.default_root_dir) / self.dirname
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{name}.png"
@@ -86,12 +88,16 @@ class SampleGrid(Callback):
                 )
 
     def generate(self, pl_module: L.LightningModule) -> Tensor:
-        """n_per_class samples of every class, in class order, from fixed noise."""
-        K, n, size = pl_module.num_classes, self.n_per_class, pl_module.hparams.image_size
-        gen = torch.Generator().manual_seed(self.seed)
-        y = torch.arange(K).repeat_interleave(n)  # (K*n,)
-        x_T = torch.randn(K * n, 3, size, size, generator=gen)
-        return pl_module.generate(y, x_T, generator=gen, **self.sampler_kwargs).cpu()
+        """n_per_class samples of every class, in class order, from fixed noise: (K*n,3,H,W)."""
+        gen = Generator(
+            pl_module.net,
+            pl_module.schedule,
+            pl_module.class_names,
+            pl_module.hparams.image_size,
+            device=pl_module.device,
+        )
+        images, _ = gen.sample(n_per_class=self.n_per_class, seed=self.seed, **self.sampler_kwargs)
+        return images
 
 
 class ValidateAtMaxSteps(Callback):

@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from facediff.diffusion.objective import diffusion_loss, drop_labels
-from facediff.diffusion.sampling import sample
 from facediff.diffusion.schedule import NoiseSchedule
 
 CHECKPOINT_FORMAT = 1
@@ -90,13 +89,6 @@ class DiffusionModule(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
-
-    @torch.no_grad()
-    def generate(self, y: Tensor, x_T: Tensor, **sampler_kwargs: Any) -> Tensor:
-        """Images in [-1, 1] from the current weights (the EMA ones during validation)."""
-        return sample(
-            self.net, self.schedule, y.to(self.device), x_T.to(self.device), **sampler_kwargs
-        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams.optim

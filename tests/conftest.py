@@ -97,24 +97,30 @@ def real_utkface() -> Path:
 CONF_DIR = Path(__file__).parents[1] / "conf"
 
 
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Callable[..., object]:
-    """``compose_cfg(*overrides)``: the train config as train.py composes it, writing to tmp_path.
+def compose_train(out_dir: Path, *overrides: str):
+    """The train config as train.py composes it, writing to `out_dir`.
 
     ``${hydra:...}`` only resolves inside @hydra.main, so the output folder is overridden here.
     """
     from hydra import compose, initialize_config_dir
 
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={out_dir}",
+                f"paths.cache_dir={out_dir.parent / 'cache'}",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., object]:
+    """``compose_cfg(*overrides, name="run")``: the train config, writing to tmp_path/name."""
+
     def _compose(*overrides: str, name: str = "run"):
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[
-                    f"paths.output_dir={tmp_path / name}",
-                    f"paths.cache_dir={tmp_path / 'cache'}",
-                    *overrides,
-                ],
-            )
+        return compose_train(tmp_path / name, *overrides)
 
     return _compose
 
@@ -125,30 +131,48 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+TINY = (
+    "experiment=demo",
+    "logger=none",
+    "data.demo={n_per_class: 16, size: 16, seed: 0}",
+    "data.image_size=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "model.channel_mult=[1,2]",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary=null",
+    "callbacks.ema.start_step=0",
+    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.n_per_class=2",
+)
+
+
 @pytest.fixture
 def tiny_cfg(compose_cfg, demo_cache: Path) -> Callable[..., object]:
     """``tiny_cfg(*overrides, name=...)``: experiment=demo shrunk to 16x16, 16 images per class,
     a two-level unet_tiny and 3-step sample grids: a fit takes seconds on a CPU."""
 
     def _tiny(*overrides: str, name: str = "run"):
-        return compose_cfg(
-            "experiment=demo",
-            "logger=none",
-            f"paths.cache_dir={demo_cache}",
-            "data.demo={n_per_class: 16, size: 16, seed: 0}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "model.channel_mult=[1,2]",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false",
-            "callbacks.model_summary=null",
-            "callbacks.ema.start_step=0",
-            "callbacks.sample_grid.steps=3",
-            "callbacks.sample_grid.n_per_class=2",
-            *overrides,
-            name=name,
-        )
+        return compose_cfg(*TINY, f"paths.cache_dir={demo_cache}", *overrides, name=name)
 
     return _tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.ckpt of a 2-epoch tiny demo run (with EMA), shared by the sampling tests."""
+    from facediff.training import run
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    run(
+        compose_train(
+            out,
+            *TINY,
+            f"paths.cache_dir={demo_cache}",
+            "trainer.max_epochs=2",
+            "callbacks.sample_grid=null",
+        )
+    )
+    return out / "checkpoints" / "last.ckpt"

@@ -16,6 +16,7 @@ from facediff.diffusion.objective import (
 from facediff.diffusion.sampling import (
     ddim_step,
     ddpm_step,
+    dpmpp_2m_step,
     guided_output,
     sample,
     spaced_timesteps,
@@ -141,7 +142,9 @@ class OracleNet(nn.Module):
         return v_target(self.target, eps, ab)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
+@pytest.mark.parametrize(
+    "sampler, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0)]
+)
 @pytest.mark.parametrize(
     "diffusion",
     [{"schedule": "cosine"}, {"schedule": "linear", "prediction": "v", "zero_terminal_snr": True}],
@@ -216,3 +219,40 @@ def test_guidance_with_class_weights_uses_the_null_row():
     uncond = net(x, t, torch.full((2,), 3))
     cond = net(x, t, w)
     torch.testing.assert_close(guided, uncond + 2.0 * (cond - uncond))
+
+
+def test_dpmpp_first_step_is_ddim_and_second_step_is_the_2m_formula():
+    s = NoiseSchedule(100)
+    x_t, x0, x0_prev = torch.randn(3, 2, 3, 4, 4).unbind(0)
+    ab_t, ab_s = s.alpha_bar[60], s.alpha_bar[40]
+    eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+    first, h = dpmpp_2m_step(x_t, x0, ab_t, ab_s, None, float("inf"))
+    torch.testing.assert_close(first, ddim_step(x0, eps, ab_t, ab_s, torch.zeros_like(x0), 0.0))
+    lam = lambda ab: 0.5 * torch.log(ab / (1 - ab))  # noqa: E731 - lambda = log(alpha / sigma)
+    assert h == pytest.approx(float(lam(ab_s) - lam(ab_t)), rel=1e-5)
+    h_prev = 0.7 * h
+    second, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h_prev)
+    r = h_prev / h
+    D = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
+    expected = ((1 - ab_s) / (1 - ab_t)).sqrt() * x_t - ab_s.sqrt() * (
+        torch.exp(torch.tensor(-h)) - 1
+    ) * D
+    torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_per_sample_generators_make_samples_independent_of_batching(sampler):
+    s = NoiseSchedule(50)
+    net = LinearNet()
+
+    def run(indices):
+        gens = [torch.Generator().manual_seed(100 + i) for i in indices]
+        x_T = torch.stack([torch.randn(3, 4, 4, generator=g) for g in gens])
+        y = torch.tensor([i % 3 for i in indices])
+        return sample(
+            net, s, y, x_T, sampler=sampler, steps=8, eta=1.0, guidance=2.0, generator=gens
+        )
+
+    whole = run(range(6))
+    parts = torch.cat([run(range(0, 2)), run(range(2, 5)), run(range(5, 6))])
+    torch.testing.assert_close(whole, parts)

@@ -1,0 +1,152 @@
+"""`run(cfg)`: what sample.py does with a composed conf/sample.yaml.
+
+Everything is checked (checkpoint, class names, steps, blend) before any image is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+from torchvision.utils import save_image
+
+from facediff import figures
+from facediff.generator import Generator
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig, gen: Generator) -> None:
+    """Fail fast, naming the setting, before any work is done."""
+    gen.check_settings(cfg.sampler, int(cfg.steps))
+    for name in cfg.classes or []:
+        gen.class_id(name)
+    if cfg.n_per_class < 1 or cfg.batch_size < 1:
+        raise ValueError("n_per_class and batch_size must be >= 1.")
+    if cfg.blend is not None:
+        gen.blend_weights(cfg.blend)
+    if cfg.sweep is not None:
+        gen.class_id(cfg.sweep.start)
+        gen.class_id(cfg.sweep.end)
+    if cfg.attention is not None:
+        known = gen.net.attention_layers()
+        if not known:
+            raise ValueError("attention figures need a model with self-attention (this has none).")
+        unknown = [name for name in cfg.attention.get("layers") or [] if name not in known]
+        if unknown:
+            raise ValueError(f"Unknown attention layers {unknown}; this model has {list(known)}.")
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    keys = ("sampler", "steps", "guidance", "eta", "seed", "batch_size")
+    return {k: cfg[k] for k in keys}
+
+
+def write_samples(gen: Generator, cfg: DictConfig, out: Path, progress: Progress) -> dict:
+    """Per-class images, grid.png and the records for samples.json."""
+    names = list(cfg.classes or gen.class_names)
+    task = progress.add_task("sampling", total=len(names) * cfg.n_per_class)
+    advance = lambda n: progress.advance(task, n)  # noqa: E731
+    images, labels = gen.sample(names, cfg.n_per_class, progress=advance, **settings(cfg))
+    rows, grid_labels, files = [], [], []
+    for name in names:
+        picked = [i for i, label in enumerate(labels) if label == name]
+        rows.append(images[picked])
+        grid_labels.append(name)
+    if cfg.blend is not None:
+        task = progress.add_task("blend", total=cfg.n_per_class)
+        blended, blend_labels = gen.sample(
+            n_per_class=cfg.n_per_class,
+            blend=cfg.blend,
+            progress=lambda n: progress.advance(task, n),
+            **settings(cfg),
+        )
+        names.append("blend")
+        rows.append(blended)
+        grid_labels.append(blend_labels[0])
+    for name, row in zip(names, rows, strict=True):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for k, image in enumerate(row):
+            save_image(image, out / name / f"{k:04d}.png")
+            files.append({"file": f"{name}/{k:04d}.png", "class": name})
+    figures.labelled_grid(rows, grid_labels, scale=cfg.grid_scale).save(out / "grid.png")
+    return {"files": files, "blend": OmegaConf.to_container(cfg.blend) if cfg.blend else None}
+
+
+def write_sweep(gen: Generator, cfg: DictConfig, out: Path) -> None:
+    sw = cfg.sweep
+    images, alphas = gen.blend_sweep(sw.start, sw.end, sw.n_steps, sw.n_seeds, **settings(cfg))
+    headers = [f"{sw.end} {a:.2f}" for a in alphas]
+    grid = figures.labelled_grid(
+        list(images),
+        [f"seed {r}" for r in range(len(images))],
+        scale=cfg.grid_scale,
+        headers=headers,
+    )
+    grid.save(out / "sweep.png")
+
+
+def write_denoising(gen: Generator, cfg: DictConfig, out: Path) -> None:
+    frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def record(t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        frames.append((t, x_t.add(1).div(2).clamp(0, 1).cpu(), x0.add(1).div(2).cpu()))
+
+    names = list(cfg.classes or gen.class_names)
+    gen.sample(names, 1, on_step=record, **{**settings(cfg), "batch_size": len(names)})
+    n_frames = int(cfg.denoising.get("n_frames", 10))
+    chosen = figures.select_frames(frames, min(n_frames, len(frames)))
+    figures.denoising_strip(chosen, names, scale=cfg.grid_scale).save(out / "denoising.png")
+    figures.denoising_gif(frames, names, out / "denoising.gif", scale=cfg.grid_scale)
+
+
+def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
+    """Attention maps of the last denoising step of one sample per class."""
+    att = cfg.attention
+    layers = list(att.get("layers") or gen.net.attention_layers())
+    queries = [tuple(q) for q in att.get("queries") or [[0.35, 0.4], [0.35, 0.6], [0.7, 0.5]]]
+    names = list(cfg.classes or gen.class_names)
+    # Guidance 1: one forward per step, so the maps left after sampling are those of the last
+    # (least noisy) step of each sample, uncontaminated by an unconditional half.
+    with gen.net.capture_attention() as maps:
+        images, _ = gen.sample(
+            names, 1, **{**settings(cfg), "guidance": 1.0, "batch_size": len(names)}
+        )
+    heads = list(att.heads) if att.get("heads") is not None else None
+    for b, name in enumerate(names):
+        sample_maps = {k: v[b] for k, v in maps.items()}
+        fig = figures.attention_figure(
+            images[b], sample_maps, layers, queries, heads, scale=cfg.grid_scale
+        )
+        fig.save(out / f"attention_{name}.png")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Sample as configured; return the output folder."""
+    gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
+    check_config(cfg, gen)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress() as progress:
+        record = write_samples(gen, cfg, out, progress)
+    if cfg.sweep is not None:
+        write_sweep(gen, cfg, out)
+    if cfg.denoising is not None:
+        write_denoising(gen, cfg, out)
+    if cfg.attention is not None:
+        write_attention(gen, cfg, out)
+    meta = {
+        **gen.meta,
+        **settings(cfg),
+        "image_size": gen.image_size,
+        "class_names": gen.class_names,
+        **record,
+    }
+    (out / "samples.json").write_text(json.dumps(meta, indent=2))
+    log.info("Wrote %d images, grid.png and samples.json to %s", len(record["files"]), out)
+    return out

@@ -1,0 +1,145 @@
+"""The Generator API and sample.py on a tiny trained checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from facediff.checkpoint import CheckpointError
+from facediff.generator import Generator
+from facediff.sample_job import run
+
+ROOT = Path(__file__).parents[1]
+CLASSES = ["glasses", "hat", "beard"]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_checkpoint):
+    return Generator.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+def sample_cfg(ckpt, out, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("sample", overrides=[f"ckpt={ckpt}", f"out={out}", *overrides])
+
+
+def test_loads_the_ema_weights_and_metadata(gen, tiny_checkpoint):
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    assert gen.class_names == CLASSES and gen.image_size == 16
+    assert gen.meta["weights"] == "ema"
+    ema = ckpt["state_dict"]["net.input_conv.weight"]
+    raw = ckpt["current_model_state"]["net.input_conv.weight"]
+    assert not torch.equal(ema, raw)
+    torch.testing.assert_close(gen.net.input_conv.weight, ema)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_same_seed_same_images_whatever_the_batch_size(gen, sampler):
+    kw = {"sampler": sampler, "steps": 6, "guidance": 2.0, "eta": 1.0, "seed": 3}
+    whole, labels = gen.sample(n_per_class=3, batch_size=9, **kw)
+    split, _ = gen.sample(n_per_class=3, batch_size=2, **kw)
+    assert labels == [c for c in CLASSES for _ in range(3)]
+    assert whole.shape == (9, 3, 16, 16) and whole.min() >= 0 and whole.max() <= 1
+    torch.testing.assert_close(whole, split, atol=1e-4, rtol=1e-4)
+    other, _ = gen.sample(n_per_class=3, batch_size=9, **{**kw, "seed": 4})
+    assert not torch.allclose(whole, other)
+
+
+def test_blends(gen):
+    w = gen.blend_weights({"glasses": 1, "beard": 3})
+    torch.testing.assert_close(w, torch.tensor([0.25, 0.0, 0.75]))
+    kw = {"sampler": "ddim", "steps": 5, "seed": 1}
+    pure, _ = gen.sample(["hat"], 2, **kw)
+    as_blend, labels = gen.sample(n_per_class=2, blend={"hat": 1.0}, **kw)
+    torch.testing.assert_close(as_blend, pure, atol=1e-5, rtol=1e-5)
+    assert labels == ["hat 1.00"] * 2
+    sweep, alphas = gen.blend_sweep("glasses", "beard", n_steps=4, n_seeds=2, **kw)
+    assert sweep.shape == (2, 4, 3, 16, 16) and alphas == [
+        0.0,
+        pytest.approx(1 / 3),
+        pytest.approx(2 / 3),
+        1.0,
+    ]
+    start, _ = gen.sample(["glasses"], 2, **kw)
+    end, _ = gen.sample(["beard"], 2, **kw)
+    torch.testing.assert_close(sweep[:, 0], start, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sweep[:, -1], end, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["classes=[glasses,wizard]"], r"Unknown class 'wizard'; this model knows \['glasses'"),
+        (["steps=0"], r"steps must be in 1\.\.500"),
+        (["steps=501"], r"steps must be in 1\.\.500"),
+        (["sampler=euler"], "Unknown sampler 'euler'"),
+        (["blend={glasses: -0.5, hat: 1.0}"], "Blend weights must be >= 0"),
+        (["blend={glasses: 0.5, wizard: 0.5}"], "Unknown class 'wizard'"),
+        (["sweep={start: hat, end: wizard, n_steps: 3, n_seeds: 1}"], "Unknown class 'wizard'"),
+    ],
+)
+def test_bad_input_fails_before_any_work(tiny_checkpoint, tmp_path, overrides, match):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        run(sample_cfg(tiny_checkpoint, out, *overrides))
+    assert not out.exists()
+
+
+def test_bad_checkpoints(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Generator.from_checkpoint(tmp_path / "nope.ckpt")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"weight": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a facediff checkpoint"):
+        Generator.from_checkpoint(foreign)
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["hyper_parameters"]["model"]["base_channels"] = 48  # weights of another model
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        Generator.from_checkpoint(other)
+
+
+def test_sample_py_writes_the_documented_layout(tiny_checkpoint, tmp_path):
+    out = tmp_path / "samples"
+    cmd = [
+        sys.executable,
+        "sample.py",
+        f"ckpt={tiny_checkpoint}",
+        f"out={out}",
+        "n_per_class=2",
+        "steps=4",
+        "device=cpu",
+        "blend={glasses: 0.5, beard: 0.5}",
+        "sweep={start: glasses, end: beard, n_steps: 3, n_seeds: 2}",
+        "denoising={n_frames: 3}",
+        "attention={queries: [[0.5, 0.5]]}",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "samples.json").read_text())
+    assert meta["sampler"] == "dpmpp" and meta["steps"] == 4 and meta["seed"] == 0
+    assert meta["checkpoint"] == str(tiny_checkpoint) and meta["weights"] == "ema"
+    files = {f["file"]: f["class"] for f in meta["files"]}
+    assert len(files) == 8 and files["hat/0001.png"] == "hat" and files["blend/0000.png"] == "blend"
+    for name in [
+        *files,
+        "grid.png",
+        "sweep.png",
+        "denoising.png",
+        "denoising.gif",
+        "attention_hat.png",
+    ]:
+        assert (out / name).is_file(), name
