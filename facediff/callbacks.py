@@ -7,44 +7,53 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from facediff import figures, visualize
 from facediff.generator import Generator
 
 log = logging.getLogger(__name__)
 
 
 class SampleGrid(Callback):
-    """Write (and log to W&B) a grid of samples per class every `every_n_epochs` epochs.
+    """Every `every_n_epochs` epochs, write (and log to W&B) figures from the EMA weights: a
+    grid of samples per class and, optionally, a progressive-denoising strip and attention maps.
 
     Sampling happens right after the first validation batch, when Lightning's weight averaging
     has swapped the EMA weights in (whatever the order of the callbacks), and once more at the
     end of fit, when the module holds the final EMA weights. The noise is drawn from `seed`, so
-    grids of different epochs show the same starting points.
+    the figures of different epochs start from the same noise.
     """
 
     def __init__(
         self,
         every_n_epochs: int = 1,
         n_per_class: int = 8,
-        sampler: str = "ddim",
-        steps: int = 50,
+        sampler: str = "ddpm",
+        steps: int = 100,
         guidance: float = 3.0,
         eta: float = 0.0,
         seed: int = 0,
+        denoising_frames: int | None = None,
+        attention: bool = False,
         dirname: str = "samples",
     ) -> None:
         if every_n_epochs < 1 or n_per_class < 1:
             raise ValueError("callbacks.sample_grid: every_n_epochs and n_per_class must be >= 1.")
         self.every_n_epochs = every_n_epochs
         self.n_per_class = n_per_class
-        self.sampler_kwargs = {"sampler": sampler, "steps": steps, "guidance": guidance, "eta": eta}
-        self.seed = seed
+        self.sampling = {
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "eta": eta,
+            "seed": seed,
+        }
+        self.denoising_frames = denoising_frames
+        self.attention = attention
         self.dirname = dirname
 
     def on_validation_batch_end(
@@ -69,35 +78,40 @@ class SampleGrid(Callback):
     @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         was_training = pl_module.training
-        pl_module.eval()
-        images = self.generate(pl_module)  # (K*n, 3, H, W) in [0, 1]
-        pl_module.train(was_training)
-        rows = images.split(self.n_per_class)  # K rows of n images
-        out_dir = Path(trainer.default_root_dir) / self.dirname
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}.png"
-        save_image(torch.cat(rows), path, nrow=self.n_per_class, padding=2)
-        log.info("Wrote sample grid %s", path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="samples",
-                    images=[make_grid(row, nrow=self.n_per_class) for row in rows],
-                    caption=[f"{c} ({name})" for c in pl_module.class_names],
-                    step=trainer.global_step,
-                )
-
-    def generate(self, pl_module: L.LightningModule) -> Tensor:
-        """n_per_class samples of every class, in class order, from fixed noise: (K*n,3,H,W)."""
         gen = Generator(
             pl_module.net,
             pl_module.schedule,
             pl_module.class_names,
             pl_module.hparams.image_size,
             device=pl_module.device,
-        )
-        images, _ = gen.sample(n_per_class=self.n_per_class, seed=self.seed, **self.sampler_kwargs)
-        return images
+        )  # sets eval()
+        out_dir = Path(trainer.default_root_dir) / self.dirname
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = gen.class_names
+        images, _ = gen.sample(n_per_class=self.n_per_class, **self.sampling)
+        rows = list(images.split(self.n_per_class))  # one row of n images per class
+        figures.labelled_grid(rows, names).save(out_dir / f"{name}.png")
+        logged = {"samples": ([make_grid(r, nrow=self.n_per_class) for r in rows], names)}
+        if self.denoising_frames:
+            strip, _ = visualize.denoising_strip(gen, names, self.denoising_frames, **self.sampling)
+            strip.save(out_dir / f"{name}-denoising.png")
+            logged["denoising"] = ([strip], ["x_t and predicted x_0 per class"])
+        if self.attention and gen.net.attention_layers():
+            figs = visualize.attention_figures(gen, names, **self.sampling)
+            for cls, fig in figs.items():
+                fig.save(out_dir / f"{name}-attention-{cls}.png")
+            logged["attention"] = (list(figs.values()), list(figs))
+        pl_module.train(was_training)
+        log.info("Wrote sample figures %s/%s*.png", out_dir, name)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for key, (pictures, captions) in logged.items():
+                    logger.log_image(
+                        key=key,
+                        images=pictures,
+                        caption=[f"{c} ({name})" for c in captions],
+                        step=trainer.global_step,
+                    )
 
 
 class ValidateAtMaxSteps(Callback):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
@@ -27,8 +28,13 @@ StepFn = Callable[[int, Tensor, Tensor], None]
 
 
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample, seeded from (seed, sample index)."""
-    return [torch.Generator().manual_seed((seed << 32) + int(i)) for i in indices]
+    """One CPU generator per sample, seeded from (seed, sample index).
+
+    numpy's SeedSequence mixes the pair into well-separated 32-bit seeds (torch's CPU generator
+    keeps only 32 bits of its seed, so e.g. `(seed << 32) + i` would ignore `seed`).
+    """
+    states = [np.random.SeedSequence([seed, int(i)]).generate_state(1)[0] for i in indices]
+    return [torch.Generator().manual_seed(int(s)) for s in states]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

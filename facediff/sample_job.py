@@ -10,12 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torchvision.utils import save_image
 
-from facediff import figures
+from facediff import figures, visualize
 from facediff.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -92,37 +91,28 @@ def write_sweep(gen: Generator, cfg: DictConfig, out: Path) -> None:
 
 
 def write_denoising(gen: Generator, cfg: DictConfig, out: Path) -> None:
-    frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-
-    def record(t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
-        frames.append((t, x_t.add(1).div(2).clamp(0, 1).cpu(), x0.add(1).div(2).cpu()))
-
     names = list(cfg.classes or gen.class_names)
-    gen.sample(names, 1, on_step=record, **{**settings(cfg), "batch_size": len(names)})
     n_frames = int(cfg.denoising.get("n_frames", 10))
-    chosen = figures.select_frames(frames, min(n_frames, len(frames)))
-    figures.denoising_strip(chosen, names, scale=cfg.grid_scale).save(out / "denoising.png")
+    strip, frames = visualize.denoising_strip(
+        gen, names, n_frames, scale=cfg.grid_scale, **settings(cfg)
+    )
+    strip.save(out / "denoising.png")
     figures.denoising_gif(frames, names, out / "denoising.gif", scale=cfg.grid_scale)
 
 
 def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
-    """Attention maps of the last denoising step of one sample per class."""
     att = cfg.attention
-    layers = list(att.get("layers") or gen.net.attention_layers())
-    queries = [tuple(q) for q in att.get("queries") or [[0.35, 0.4], [0.35, 0.6], [0.7, 0.5]]]
     names = list(cfg.classes or gen.class_names)
-    # Guidance 1: one forward per step, so the maps left after sampling are those of the last
-    # (least noisy) step of each sample, uncontaminated by an unconditional half.
-    with gen.net.capture_attention() as maps:
-        images, _ = gen.sample(
-            names, 1, **{**settings(cfg), "guidance": 1.0, "batch_size": len(names)}
-        )
-    heads = list(att.heads) if att.get("heads") is not None else None
-    for b, name in enumerate(names):
-        sample_maps = {k: v[b] for k, v in maps.items()}
-        fig = figures.attention_figure(
-            images[b], sample_maps, layers, queries, heads, scale=cfg.grid_scale
-        )
+    figs = visualize.attention_figures(
+        gen,
+        names,
+        layers=att.get("layers"),
+        queries=att.get("queries") or visualize.DEFAULT_QUERIES,
+        heads=list(att.heads) if att.get("heads") is not None else None,
+        scale=cfg.grid_scale,
+        **settings(cfg),
+    )
+    for name, fig in figs.items():
         fig.save(out / f"attention_{name}.png")
 
 

@@ -125,11 +125,15 @@ def test_resume_refuses_other_models_and_foreign_files(tiny_cfg, tmp_path):
         load_checkpoint(tmp_path / "garbage.ckpt")
 
 
-def test_sample_grids_are_written(tiny_cfg):
+def test_sample_figures_are_written(tiny_cfg):
     cfg = tiny_cfg("trainer.max_epochs=2", "callbacks.sample_grid.every_n_epochs=1")
     run(cfg)
-    grids = sorted(p.name for p in (Path(cfg.paths.output_dir) / "samples").glob("*.png"))
-    assert grids[-1] == "final.png" and len(grids) == 3, grids
+    files = {p.name for p in (Path(cfg.paths.output_dir) / "samples").glob("*.png")}
+    grids = sorted(f for f in files if "denoising" not in f and "attention" not in f)
+    assert len(grids) == 3 and grids[-1] == "final.png", files
+    for prefix in ("epoch0000-step0000004", "final"):
+        assert f"{prefix}-denoising.png" in files
+        assert {f"{prefix}-attention-{c}.png" for c in ("glasses", "hat", "beard")} <= files
 
 
 def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
