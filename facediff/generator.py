@@ -129,7 +129,6 @@ class Generator:
         seed: int = 0,
         batch_size: int = 64,
         on_step: StepFn | None = None,
-        progress: Callable[[int], None] | None = None,
     ) -> Tensor:
         """Images in [0, 1] for conditions `y` ((N,) ids or (N, K) weights); sample n's noise
         comes from (seed, sample_ids[n])."""
@@ -155,8 +154,6 @@ class Generator:
                 on_step=on_step,
             )
             out.append(images.add(1).div(2).cpu())
-            if progress is not None:
-                progress(len(ids))
         return torch.cat(out)
 
     def sample(

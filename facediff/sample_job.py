@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +47,28 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return {k: cfg[k] for k in keys}
 
 
+def step_bar(progress: Progress, label: str, n_images: int, cfg: DictConfig) -> Any:
+    """An `on_step` callback that advances a progress bar by one denoising step."""
+    task = progress.add_task(label, total=math.ceil(n_images / cfg.batch_size) * cfg.steps)
+    return lambda t, x_t, x0: progress.advance(task)
+
+
 def write_samples(gen: Generator, cfg: DictConfig, out: Path, progress: Progress) -> dict:
     """Per-class images, grid.png and the records for samples.json."""
     names = list(cfg.classes or gen.class_names)
-    task = progress.add_task("sampling", total=len(names) * cfg.n_per_class)
-    advance = lambda n: progress.advance(task, n)  # noqa: E731
-    images, labels = gen.sample(names, cfg.n_per_class, progress=advance, **settings(cfg))
+    bar = step_bar(progress, "sampling steps", len(names) * cfg.n_per_class, cfg)
+    images, labels = gen.sample(names, cfg.n_per_class, on_step=bar, **settings(cfg))
     rows, grid_labels, files = [], [], []
     for name in names:
         picked = [i for i, label in enumerate(labels) if label == name]
         rows.append(images[picked])
         grid_labels.append(name)
     if cfg.blend is not None:
-        task = progress.add_task("blend", total=cfg.n_per_class)
+        bar = step_bar(progress, "blend steps", cfg.n_per_class, cfg)
         blended, blend_labels = gen.sample(
             n_per_class=cfg.n_per_class,
             blend=cfg.blend,
-            progress=lambda n: progress.advance(task, n),
+            on_step=bar,
             **settings(cfg),
         )
         names.append("blend")
