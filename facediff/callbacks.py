@@ -1,4 +1,4 @@
-"""Training-time sample grids from the EMA weights: one row per class, fixed noise and seed."""
+"""Training-time callbacks: sample figures from the EMA weights; validation at max_steps."""
 
 from __future__ import annotations
 
