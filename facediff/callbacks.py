@@ -90,14 +90,17 @@ class SampleGrid(Callback):
         names = gen.class_names
         images, _ = gen.sample(n_per_class=self.n_per_class, **self.sampling)
         rows = list(images.split(self.n_per_class))  # one row of n images per class
-        figures.labelled_grid(rows, names).save(out_dir / f"{name}.png")
+        scale = max(1, 64 // gen.image_size)  # small images are shown enlarged
+        figures.labelled_grid(rows, names, scale=scale).save(out_dir / f"{name}.png")
         logged = {"samples": ([make_grid(r, nrow=self.n_per_class) for r in rows], names)}
         if self.denoising_frames:
-            strip, _ = visualize.denoising_strip(gen, names, self.denoising_frames, **self.sampling)
+            strip, _ = visualize.denoising_strip(
+                gen, names, self.denoising_frames, scale=scale, **self.sampling
+            )
             strip.save(out_dir / f"{name}-denoising.png")
             logged["denoising"] = ([strip], ["x_t and predicted x_0 per class"])
         if self.attention and gen.net.attention_layers():
-            figs = visualize.attention_figures(gen, names, **self.sampling)
+            figs = visualize.attention_figures(gen, names, scale=scale, **self.sampling)
             for cls, fig in figs.items():
                 fig.save(out_dir / f"{name}-attention-{cls}.png")
             logged["attention"] = (list(figs.values()), list(figs))
