@@ -38,6 +38,8 @@ class DiffusionModule(L.LightningModule):
         p_uncond: per-sample probability of dropping the label (classifier-free guidance).
         val_timesteps: number of timesteps of the fixed validation grid.
         val_seed: seed of the fixed validation noise.
+        data: the run's data config (unused in training; evaluate.py rebuilds the data from it,
+            so that it scores the model against the test split the model never saw).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class DiffusionModule(L.LightningModule):
         p_uncond: float = 0.1,
         val_timesteps: int = 10,
         val_seed: int = 0,
+        data: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:

@@ -42,6 +42,7 @@ def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:
         optim=plain(cfg.optim),
         class_names=list(class_names),
         image_size=int(cfg.data.image_size),
+        data=plain(cfg.data),
         **plain(cfg.module),
     )
 

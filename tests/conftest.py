@@ -146,6 +146,7 @@ TINY = (
     "callbacks.ema.start_step=0",
     "callbacks.sample_grid.steps=3",
     "callbacks.sample_grid.n_per_class=2",
+    "callbacks.eval_metrics=null",
 )
 
 

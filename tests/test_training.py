@@ -154,6 +154,7 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
         "trainer.log_every_n_steps=1",
         "callbacks.sample_grid.steps=2",
         "callbacks.sample_grid.n_per_class=2",
+        "callbacks.eval_metrics=null",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
@@ -218,6 +219,7 @@ def test_short_fit_on_the_real_utkface_sample(compose_cfg, real_utkface, demo_ca
         "callbacks.model_summary=null",
         "callbacks.sample_grid.steps=2",
         "callbacks.sample_grid.n_per_class=1",
+        "callbacks.eval_metrics=null",
     )
     run(cfg)
     ckpt = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,7 @@ class FaceDataModule(L.LightningDataModule):
         self.train_set: FaceDataset | None = None
         self.val_set: FaceDataset | None = None
         self.test_set: FaceDataset | None = None
+        self._eval_train_set: FaceDataset | None = None
 
     # ----------------------------------------------------------------------------- config
     def _check_demo(self, demo: Any) -> dict[str, int] | None:
@@ -209,6 +211,7 @@ class FaceDataModule(L.LightningDataModule):
         self.train_set = FaceDataset(labels, train_tf, rows=rows["train"], **table)
         self.val_set = FaceDataset(labels, eval_tf, rows=rows["val"], **table)
         self.test_set = FaceDataset(labels, eval_tf, rows=rows["test"], **table)
+        self._eval_train_set = FaceDataset(labels, eval_tf, rows=rows["train"], **table)
         rank_zero_only(log.info)(self._summary(listing, index, dups, labels, rows))
 
     def _check_usable(self, listing: Listing, index: ImageIndex, kept_labels: list[int]) -> None:
@@ -259,6 +262,23 @@ class FaceDataModule(L.LightningDataModule):
             f"removed, {len(dups.conflicting)} with conflicting labels {action})"
         )
         return "\n".join(lines)
+
+    # ------------------------------------------------------------------------ evaluation
+    def eval_dataset(self, split: str) -> FaceDataset:
+        """A split without augmentation (the training split included), for evaluation."""
+        sets = {"train": self._eval_train_set, "val": self.val_set, "test": self.test_set}
+        if split not in sets:
+            raise ValueError(f"Unknown split {split!r}; choose one of {SPLIT_NAMES}.")
+        return self._require(sets[split])
+
+    def split_digest(self, split: str) -> str:
+        """A hash of the content and labels of one split: changes whenever its images do."""
+        dataset, index = self.eval_dataset(split), self.index
+        assert index is not None
+        digest = hashlib.blake2b(digest_size=12)
+        for row, label in sorted(zip(dataset.rows, dataset.targets, strict=True)):
+            digest.update(f"{index.digests[row]}:{label}\n".encode())
+        return digest.hexdigest()
 
     # -------------------------------------------------------------------------- loaders
     def _require(self, dataset: FaceDataset | None) -> FaceDataset:

@@ -1,0 +1,15 @@
+"""Evaluate a trained checkpoint: `python evaluate.py ckpt=PATH out=DIR [overrides]` (README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from facediff.evaluate_job import run
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""A cheap evaluation during training: class consistency and KID of EMA samples.
+
+Logged as `eval/class_consistency` and `eval/kid` (classifier features, against the real
+validation split), so either can be the checkpoint monitor or the sweepers' objective:
+
+    python train.py callbacks.model_checkpoint.monitor=eval/class_consistency \
+        callbacks.model_checkpoint.mode=max callbacks.model_checkpoint.every_n_epochs=5 \
+        optimized_metric=eval/class_consistency
+
+(ModelCheckpoint's every_n_epochs must match this callback's, since the metric exists only in
+those epochs.) The classifier lives in this callback, not in the LightningModule, so EMA never
+averages it and checkpoints never carry it. Under DDP every rank computes the same numbers
+from the same seed: nothing to synchronise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from facediff.evaluation import metrics
+from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
+from facediff.evaluation.images import iter_images
+from facediff.generator import Generator
+
+log = logging.getLogger(__name__)
+
+
+class EvalMetrics(Callback):
+    """Every `every_n_epochs` epochs, sample `n_per_class` images per class from the EMA weights
+    and log their class consistency and KID against the validation split.
+
+    Args:
+        cache_dir: where the evaluation classifier is cached (trained at the start of fit on
+            the training split when missing; evaluate.py reuses the same cache).
+        classifier: `classifier_for` settings (epochs, lr, widths, seed, path).
+        sampler, steps, guidance, seed: sampling settings (see sample.py).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        every_n_epochs: int = 5,
+        n_per_class: int = 64,
+        sampler: str = "dpmpp",
+        steps: int = 20,
+        guidance: float = 3.0,
+        seed: int = 0,
+        kid_subset_size: int = 100,
+        classifier: dict[str, Any] | None = None,
+    ) -> None:
+        if every_n_epochs < 1 or n_per_class < 2:
+            raise ValueError("callbacks.eval_metrics: need every_n_epochs >= 1, n_per_class >= 2.")
+        self.cache_dir = cache_dir
+        self.every_n_epochs = every_n_epochs
+        self.n_per_class = n_per_class
+        self.sampling = {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed}
+        self.kid_subset_size = kid_subset_size
+        self.classifier_settings = dict(classifier or {})
+        self.clf: FaceClassifier | None = None
+        self.val_features: torch.Tensor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.clf is not None:
+            return
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "split_digest"):
+            raise ValueError("callbacks.eval_metrics needs facediff's FaceDataModule.")
+        if trainer.is_global_zero:  # rank 0 trains and caches; the others then load
+            classifier_for(dm, self.cache_dir, device=pl_module.device, **self.classifier_settings)
+        trainer.strategy.barrier()
+        self.clf, meta = classifier_for(
+            dm, self.cache_dir, device=pl_module.device, **self.classifier_settings
+        )
+        self.val_features = torch.cat(
+            [predict(self.clf, x)[1] for x, _ in iter_images(dm.eval_dataset("val"))]
+        )
+        log.info("eval_metrics: classifier %s (real test accuracy %.3f)", meta["key"],
+                 meta["test_accuracy"])  # fmt: skip
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # After the first validation batch Lightning's weight averaging has the EMA weights in.
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        assert self.clf is not None and self.val_features is not None
+        gen = Generator(
+            pl_module.net,
+            pl_module.schedule,
+            pl_module.class_names,
+            pl_module.hparams.image_size,
+            device=pl_module.device,
+        )  # sets eval(); validation is in eval mode anyway
+        images, names = gen.sample(n_per_class=self.n_per_class, **self.sampling)
+        labels = torch.tensor([gen.class_id(n) for n in names])
+        logits, features = predict(self.clf, images)
+        consistency, _ = metrics.accuracy(logits, labels, len(gen.class_names))
+        kid_mean, _ = metrics.kid(
+            self.val_features, features, subsets=50, subset_size=self.kid_subset_size
+        )
+        pl_module.log("eval/class_consistency", consistency, on_epoch=True, batch_size=1)
+        pl_module.log("eval/kid", kid_mean, on_epoch=True, batch_size=1)

@@ -1,0 +1,93 @@
+"""Feature spaces for FID/KID, diversity and memorisation, and the cache of real features.
+
+Two spaces:
+- Inception-v3 (the standard one, as in every FID table), through torchmetrics' wrapper of
+  torch-fidelity's network. Its weights cannot be downloaded at run time here: give the local file
+  `weights-inception-2015-12-05-6726825d.pth` as `features.inception_weights` (and
+  `pip install torch-fidelity`);
+- otherwise the project's own evaluation classifier (its penultimate layer). Numbers in that space
+  are labelled `facediff-classifier:<key>` everywhere and are NOT comparable with published FIDs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from facediff.evaluation.classifier import FaceClassifier, predict
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+)
+
+
+@dataclass
+class FeatureSpace:
+    """A named map from images (N, 3, H, W) in [0, 1] to features (N, D)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.fn(images)
+
+
+def classifier_space(clf: FaceClassifier, key: str) -> FeatureSpace:
+    """The classifier's penultimate features (the fallback space)."""
+    return FeatureSpace(f"facediff-classifier:{key}", lambda images: predict(clf, images)[1])
+
+
+def inception_space(
+    weights: str | Path, device: torch.device, batch_size: int = 64
+) -> FeatureSpace:
+    """Inception-v3 pool features (2048-d) from a local torch-fidelity weights file."""
+    weights = Path(weights).expanduser()
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found at {weights}. Download {INCEPTION_URL} on a machine "
+            f"with internet access and copy it there (or point features.inception_weights at "
+            "it); set features.inception_weights=null to use facediff's own classifier features "
+            "instead (labelled as such, not comparable with published FIDs)."
+        )
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError as err:  # torchmetrics without torch-fidelity
+        raise ImportError(
+            "Inception features need torch-fidelity: pip install 'facediff[inception]'."
+        ) from err
+    net: nn.Module = NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=["2048"],
+        feature_extractor_weights_path=str(weights),
+    ).to(device)
+
+    @torch.no_grad()
+    def fn(images: Tensor) -> Tensor:
+        out = [
+            net((chunk * 255).round().to(torch.uint8).to(device)).float().cpu()
+            for chunk in images.split(batch_size)
+        ]
+        return torch.cat(out)
+
+    return FeatureSpace("inception-v3", fn)
+
+
+def cached(path: Path, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`compute()` once, then read it back from `path` (a dict of tensors)."""
+    if path.is_file():
+        log.info("Loaded cached real-image features %s", path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out

@@ -1,0 +1,26 @@
+"""Reading the images of a dataset split for evaluation: float in [0, 1], in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+def iter_images(dataset: Dataset, batch_size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches (images (B,3,H,W) in [0, 1], labels (B,)) of a [-1, 1] dataset, in order."""
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        yield images.add(1).div(2), labels
+
+
+def dataset_images(dataset: Dataset, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """All images (N,3,H,W) in [0, 1] and labels (N,) of a dataset; an error when it is empty."""
+    batches = list(iter_images(dataset, batch_size))
+    if not batches:
+        raise ValueError(
+            "This split of the data is empty: enlarge its fraction in data.split or add images."
+        )
+    images, labels = zip(*batches, strict=True)
+    return torch.cat(images), torch.cat(labels)

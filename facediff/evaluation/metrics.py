@@ -1,0 +1,167 @@
+"""Evaluation metrics as pure functions of feature vectors, logits and labels.
+
+Shapes: features (N, D) float, logits (N, K), labels (N,) int64 class ids. FID and KID come from
+torchmetrics, fed with precomputed features (so one feature pass serves every metric, every
+class and every sweep point); class accuracy from torchmetrics too. What is the project's own:
+- class consistency: the share of generated samples the classifier assigns to the class they
+  were asked for, set against the same classifier's accuracy on real test images (the ratio is
+  the headline: generated faces should be recognised as often as real ones);
+- diversity: the mean pairwise feature distance within a class;
+- memorisation: each sample's nearest training image in feature space, and the share of samples
+  closer to a training image than `threshold` (by default a low quantile of the distances from
+  real *test* images to their nearest training image: closer than that is suspicious).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+
+class _Precomputed(nn.Module):
+    """A 'feature extractor' for torchmetrics that receives features already computed."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def fid(real: Tensor, fake: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N_r, D) and (N_f, D)."""
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"FID needs >= 2 real and fake samples, got {len(real)} and {len(fake)}.")
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kid(
+    real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Kernel (cubic polynomial) MMD between feature sets: (mean, std) over random subsets.
+
+    The subset size is capped at the smaller set, so small evaluations still give a number.
+    """
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise ValueError(f"KID needs >= 2 real and fake samples, got {len(real)} and {len(fake)}.")
+    with warnings.catch_warnings():  # "will save all extracted features": that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(
+            feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size
+        )
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    with torch.random.fork_rng():  # KID draws its subsets from the global RNG
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[float, list[float]]:
+    """Overall accuracy (micro) and per-class accuracy (recall) of argmax predictions."""
+    overall = MulticlassAccuracy(num_classes, average="micro")(logits, labels)
+    per_class = MulticlassAccuracy(num_classes, average=None)(logits, labels)
+    return float(overall), [float(v) for v in per_class]
+
+
+def mean_pairwise_distance(features: Tensor) -> float:
+    """Mean Euclidean distance over all pairs of rows of (N, D): 0 for one sample or copies."""
+    if len(features) < 2:
+        return 0.0
+    return float(torch.pdist(features.double()).mean())
+
+
+def nearest(queries: Tensor, references: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """For each query row, (distance to, index of) its nearest reference row: two (N_q,)."""
+    dists, idx = [], []
+    for part in queries.split(chunk):
+        d = torch.cdist(part.double(), references.double())  # (chunk, N_ref)
+        value, index = d.min(dim=1)
+        dists.append(value)
+        idx.append(index)
+    return torch.cat(dists), torch.cat(idx)
+
+
+def memorisation_threshold(test: Tensor, train: Tensor, quantile: float = 0.01) -> float:
+    """The `quantile` of real test images' distances to their nearest training image."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"memorisation.quantile must be in [0, 1], got {quantile}.")
+    distances, _ = nearest(test, train)
+    return float(torch.quantile(distances, quantile))
+
+
+def memorised_share(nn_distances: Tensor, threshold: float) -> float:
+    """Share of samples whose nearest training image is closer than `threshold`."""
+    return float((nn_distances < threshold).double().mean()) if len(nn_distances) else 0.0
+
+
+def group_metrics(
+    *,
+    fake_logits: Tensor,
+    fake_features: Tensor,
+    fake_labels: Tensor,
+    real_logits: Tensor,
+    real_features: Tensor,
+    real_labels: Tensor,
+    nn_distances: Tensor,
+    class_names: Sequence[str],
+    threshold: float,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> dict:
+    """Every metric, overall and per class, as a JSON-able dict (see evaluate.py's metrics.json).
+
+    real_* are the real test split; nn_distances (N_fake,) the distance of each sample to its
+    nearest training image (`nearest`), for the memorisation share.
+    """
+    k = len(class_names)
+    real_acc, real_per_class = accuracy(real_logits, real_labels, k)
+    fake_acc, fake_per_class = accuracy(fake_logits, fake_labels, k)
+
+    def realism(real: Tensor, fake: Tensor) -> dict[str, float | None]:
+        if min(len(real), len(fake)) < 2:  # a class too small to fit a distribution
+            return {"fid": None, "kid_mean": None, "kid_std": None}
+        kid_mean, kid_std = kid(real, fake, kid_subsets, kid_subset_size)
+        return {"fid": fid(real, fake), "kid_mean": kid_mean, "kid_std": kid_std}
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b > 0 else None
+
+    out: dict = {
+        "class_consistency": fake_acc,
+        "real_accuracy": real_acc,
+        "consistency_ratio": ratio(fake_acc, real_acc),
+        **realism(real_features, fake_features),
+        "diversity": mean_pairwise_distance(fake_features),
+        "real_diversity": mean_pairwise_distance(real_features),
+        "memorised_share": memorised_share(nn_distances, threshold),
+        "memorisation_threshold": threshold,
+        "n_generated": len(fake_labels),
+        "n_real": len(real_labels),
+        "per_class": {},
+    }
+    for c, name in enumerate(class_names):
+        fake_c, real_c = fake_labels == c, real_labels == c
+        out["per_class"][name] = {
+            "class_consistency": fake_per_class[c],
+            "real_accuracy": real_per_class[c],
+            "consistency_ratio": ratio(fake_per_class[c], real_per_class[c]),
+            **realism(real_features[real_c], fake_features[fake_c]),
+            "diversity": mean_pairwise_distance(fake_features[fake_c]),
+            "real_diversity": mean_pairwise_distance(real_features[real_c]),
+            "memorised_share": memorised_share(nn_distances[fake_c], threshold),
+            "n_generated": int(fake_c.sum()),
+            "n_real": int(real_c.sum()),
+        }
+    return out

@@ -1,0 +1,200 @@
+"""Writing an evaluation: metrics.json, report.md, plots (matplotlib) and image grids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+from facediff.figures import labelled_grid
+
+PER_CLASS_COLUMNS = (
+    ("class_consistency", "consistency"),
+    ("real_accuracy", "real acc."),
+    ("consistency_ratio", "ratio"),
+    ("fid", "FID"),
+    ("kid_mean", "KID"),
+    ("diversity", "diversity"),
+    ("real_diversity", "real div."),
+    ("memorised_share", "memorised"),
+    ("n_generated", "n gen."),
+    ("n_real", "n real"),
+)
+SWEEP_COLUMNS = ("sampler", "steps", "guidance", "class_consistency", "consistency_ratio",
+                 "fid", "kid_mean", "seconds_per_image")  # fmt: skip
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def closest_pairs(
+    images: Tensor, distances: Tensor, indices: Tensor, train_image: Callable[[int], Tensor], n: int
+) -> list[tuple[Tensor, Tensor, float]]:
+    """The `n` samples nearest to a training image: (sample, its nearest training image, dist)."""
+    order = distances.argsort()[:n].tolist()
+    return [(images[i], train_image(int(indices[i])), float(distances[i])) for i in order]
+
+
+def per_class_plot(result: dict, path: Path) -> None:
+    """Bars: class consistency of samples against the classifier's accuracy on real images."""
+    names = list(result["per_class"])
+    fake = [result["per_class"][n]["class_consistency"] for n in names]
+    real = [result["per_class"][n]["real_accuracy"] for n in names]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
+    ax.bar([i - 0.2 for i in x], real, 0.4, label="real test images")
+    ax.bar([i + 0.2 for i in x], fake, 0.4, label="generated")
+    ax.set_xticks(list(x), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recognised as their class")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sweep_plot(rows: Sequence[dict], x_key: str, path: Path, title: str) -> None:
+    """Class consistency and FID against `x_key` (steps or guidance), one line per sampler."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for sampler in sorted({r["sampler"] for r in rows}):
+        pts = sorted((r[x_key], r) for r in rows if r["sampler"] == sampler)
+        for ax, key in zip(axes, ("class_consistency", "fid"), strict=True):
+            ax.plot([p[0] for p in pts], [p[1][key] for p in pts], "o-", label=sampler)
+    for ax, key in zip(axes, ("class consistency", "FID"), strict=True):
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    out: Path,
+    result: dict,
+    class_names: Sequence[str],
+    images: Tensor,
+    labels: Tensor,
+    pairs: Sequence[tuple[Tensor, Tensor, float]],
+) -> dict[str, Path]:
+    """Write metrics.json, the figures and report.md into `out`; returns the figures by name."""
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    scale = max(1, 64 // images.shape[-1])
+    figures = {"samples": out / "samples.png", "per_class": out / "per_class.png"}
+    rows = [images[labels == c][:16] for c in range(len(class_names))]
+    labelled_grid(rows, class_names, scale=scale).save(figures["samples"])
+    per_class_plot(result, figures["per_class"])
+    if pairs:
+        figures["closest_pairs"] = out / "closest_pairs.png"
+        samples, nearest = (torch.stack([p[k] for p in pairs]) for k in (0, 1))
+        grid = labelled_grid([samples, nearest], ["sample", "nearest train"], scale=scale)
+        grid.save(figures["closest_pairs"])
+    sweep = result.get("sweep") or []
+    by_steps = [r for r in sweep if r["guidance"] == result["sampling"]["guidance"]]
+    if len(by_steps) > 1:
+        figures["sweep_steps"] = out / "sweep_steps.png"
+        sweep_plot(by_steps, "steps", figures["sweep_steps"], "quality against step count")
+    by_guidance = [r for r in sweep if r["steps"] == result["sampling"]["steps"]
+                   and r["sampler"] == result["sampling"]["sampler"]]  # fmt: skip
+    if len(by_guidance) > 1:
+        figures["sweep_guidance"] = out / "sweep_guidance.png"
+        sweep_plot(by_guidance, "guidance", figures["sweep_guidance"], "quality against guidance")
+    (out / "report.md").write_text(markdown(result, figures, pairs))
+    return figures
+
+
+def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> str:
+    s, extractor = result["sampling"], result["feature_extractor"]
+    warning = (
+        ""
+        if extractor.startswith("inception")
+        else (
+            f"\n> FID and KID here use **{extractor}** features (facediff's own evaluation "
+            "classifier), not Inception-v3: compare them only with numbers of the same "
+            "extractor, never with published FIDs.\n"
+        )
+    )
+    overall = [
+        ("class consistency (generated)", result["class_consistency"]),
+        ("classifier accuracy (real test)", result["real_accuracy"]),
+        ("consistency ratio (headline)", result["consistency_ratio"]),
+        (f"FID ({extractor})", result["fid"]),
+        ("KID mean / std", f"{fmt(result['kid_mean'])} / {fmt(result['kid_std'])}"),
+        (
+            "diversity (generated / real)",
+            f"{fmt(result['diversity'])} / {fmt(result['real_diversity'])}",
+        ),
+        ("memorised share", result["memorised_share"]),
+        ("memorisation threshold", result["memorisation_threshold"]),
+        ("seconds per image", result["seconds_per_image"]),
+    ]
+    per_class = [
+        [name, *(row[key] for key, _ in PER_CLASS_COLUMNS)]
+        for name, row in result["per_class"].items()
+    ]
+    parts = [
+        "# facediff evaluation\n",
+        f"Checkpoint `{result['checkpoint']['path']}` (step {result['checkpoint']['global_step']})"
+        f"; {result['n_generated']} samples with `{s['sampler']}`, {s['steps']} steps, guidance "
+        f"{s['guidance']}, seed {s['seed']}; compared with {result['n_real']} real test images. "
+        f"Classifier `{result['classifier']['key']}`.\n{warning}",
+        "## Overall\n",
+        markdown_table(["metric", "value"], overall),
+        "\n## Per group\n",
+        "Consistency: share of samples the classifier assigns to the group they were asked for; "
+        "ratio: consistency over the classifier's accuracy on real images of that group (1 = "
+        "generated faces are recognised as often as real ones). Diversity: mean pairwise "
+        "feature distance. Memorised: share of samples nearer to a training image than the "
+        "threshold (a low quantile of real test images' distances to the training set).\n",
+        markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
+        "\n![per group](per_class.png)\n\n![samples](samples.png)\n",
+    ]
+    if pairs:
+        parts.append(
+            "## Memorisation audit\n\nThe samples closest to a training image (top row) and that "
+            f"image (bottom row); distances {', '.join(f'{p[2]:.3f}' for p in pairs)}.\n\n"
+            "![closest pairs](closest_pairs.png)\n"
+        )
+    if result.get("sweep"):
+        rows = [[r[k] for k in SWEEP_COLUMNS] for r in result["sweep"]]
+        parts += ["## Sweeps\n", markdown_table(list(SWEEP_COLUMNS), rows), ""]
+        parts += [f"![{k}]({figures[k].name})\n" for k in ("sweep_steps", "sweep_guidance")
+                  if k in figures]  # fmt: skip
+    parts.append(model_card_section(result))
+    return "\n".join(parts) + "\n"
+
+
+def model_card_section(result: dict) -> str:
+    """This run's numbers in the shape of MODEL_CARD.md's evaluation section."""
+    worst = min(result["per_class"].items(), key=lambda kv: kv[1]["class_consistency"])
+    best = max(result["per_class"].items(), key=lambda kv: kv[1]["class_consistency"])
+    return (
+        "\n## Model card: this run\n\n"
+        "See MODEL_CARD.md for intended use, the data's limits and the uses to avoid. For this "
+        f"checkpoint: the best-served group is **{best[0]}** (consistency "
+        f"{fmt(best[1]['class_consistency'])}), the worst **{worst[0]}** "
+        f"({fmt(worst[1]['class_consistency'])}); a gap between groups means the model serves "
+        "them unequally. UTKFace's group labels were estimated by an algorithm and checked by "
+        "people, the groups are coarse and imbalanced, and the classifier that judges "
+        "consistency learned the same labels: it measures agreement with them, not truth.\n"
+    )

@@ -1,0 +1,131 @@
+"""evaluate.py on a tiny trained checkpoint: the report, the classifier cache, bad input, and the
+training-time metric callback."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from facediff.evaluate_job import run
+from facediff.evaluation.classifier import FaceClassifier, load_classifier, save_classifier
+from facediff.training import run as train
+
+ROOT = Path(__file__).parents[1]
+CLASSES = ["glasses", "hat", "beard"]
+FAST = (
+    "n_per_class=4",
+    "steps=3",
+    "batch_size=12",
+    "device=cpu",
+    "classifier.epochs=2",
+    "classifier.widths=[8,16]",
+    "kid.subsets=5",
+    "memorisation.n_pairs=4",
+)
+
+
+def eval_cfg(ckpt, out, cache, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "evaluate",
+            overrides=[f"ckpt={ckpt}", f"out={out}", f"paths.cache_dir={cache}", *FAST, *overrides],
+        )
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_checkpoint, demo_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    sweep = ("sweep.n_per_class=3", "sweep.samplers=[{sampler: ddim, steps: 2}]",
+             "sweep.guidance=[1.0, 2.0]")  # fmt: skip
+    result = run(eval_cfg(tiny_checkpoint, out, demo_cache, *sweep))
+    return out, result
+
+
+def test_metrics_json_holds_every_documented_key(evaluated):
+    out, result = evaluated
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std",
+                "feature_extractor", "diversity", "memorised_share"):  # fmt: skip
+        assert key in saved
+    assert saved["feature_extractor"].startswith("facediff-classifier:")
+    assert set(saved["per_class"]) == set(CLASSES)
+    for per in saved["per_class"].values():
+        assert {"class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std"} <= set(per)
+        assert per["n_generated"] == 4
+    assert saved["n_generated"] == 12 and 0 <= saved["class_consistency"] <= 1
+
+
+def test_real_accuracy_is_the_cached_classifiers_test_accuracy(evaluated):
+    _, result = evaluated
+    assert result["real_accuracy"] == pytest.approx(result["classifier"]["test_accuracy"])
+
+
+def test_report_and_figures_are_written(evaluated):
+    out, result = evaluated
+    for name in ("report.md", "samples.png", "per_class.png", "closest_pairs.png",
+                 "sweep_guidance.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "not Inception-v3" in report and "## Per group" in report and "## Sweeps" in report
+    assert [(p["sampler"], p["steps"], p["guidance"]) for p in result["sweep"]] == [
+        ("ddim", 2, 3.0), ("dpmpp", 3, 1.0), ("dpmpp", 3, 2.0)
+    ]  # fmt: skip
+
+
+def test_train_classifier_task_reuses_the_cache(tiny_checkpoint, demo_cache, tmp_path, evaluated):
+    meta = run(eval_cfg(tiny_checkpoint, tmp_path, demo_cache, "task=train_classifier"))
+    assert meta == evaluated[1]["classifier"]  # loaded from the cache, not retrained
+    assert json.loads((tmp_path / "classifier.json").read_text())["key"] == meta["key"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (["task=score"], ValueError, "Unknown task"),
+        (["steps=0"], ValueError, "steps must be in"),
+        (["sweep.samplers=[{sampler: euler, steps: 5}]"], ValueError, "Unknown sampler"),
+        (["n_per_class=1"], ValueError, "n_per_class must be >= 2"),
+        (["features.inception_weights=/nowhere/w.pth"], FileNotFoundError, "weights-inception"),
+    ],
+)
+def test_bad_input_is_named(tiny_checkpoint, demo_cache, tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        run(eval_cfg(tiny_checkpoint, tmp_path, demo_cache, *overrides))
+
+
+def test_classifier_files_round_trip_and_foreign_files_are_refused(tmp_path):
+    clf = FaceClassifier(3, widths=(8, 16))
+    save_classifier(tmp_path / "c.pt", clf, {"class_names": CLASSES})
+    loaded, meta = load_classifier(tmp_path / "c.pt")
+    assert meta == {"class_names": CLASSES}
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), clf.eval()(x))
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a facediff evaluation classifier"):
+        load_classifier(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="task=train_classifier"):
+        load_classifier(tmp_path / "missing.pt")
+
+
+def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
+    cfg = tiny_cfg(
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "+callbacks.eval_metrics={_target_: facediff.evaluation.callback.EvalMetrics, "
+        "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, steps: 2, "
+        "kid_subset_size: 5, classifier: {epochs: 1, widths: [8, 16]}}",
+        "callbacks.model_checkpoint.monitor=eval/class_consistency",
+        "callbacks.model_checkpoint.mode=max",
+        "optimized_metric=eval/class_consistency",
+    )
+    value = train(cfg)
+    assert value is not None and 0 <= value <= 1
+    rows = list(csv.DictReader(next(Path(cfg.paths.output_dir).rglob("metrics.csv")).open()))
+    logged = [float(r["eval/class_consistency"]) for r in rows if r.get("eval/class_consistency")]
+    kid = [r["eval/kid"] for r in rows if r.get("eval/kid")]
+    assert len(logged) == 2 and len(kid) == 2
+    assert list((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))

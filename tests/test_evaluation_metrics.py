@@ -1,0 +1,116 @@
+"""Evaluation metrics on controlled inputs: a tiny feature network, planted copies, known labels."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from facediff.data.demo import draw_demo_face
+from facediff.evaluation import metrics
+from facediff.evaluation.classifier import FaceClassifier, predict
+from facediff.evaluation.features import classifier_space
+
+CLASSES = ["glasses", "hat", "beard"]
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[torch.Tensor, torch.Tensor]:
+    """24 demo faces per class at 16x16, in [0, 1], with their labels."""
+    images, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for i in range(24):
+            pixels = np.asarray(draw_demo_face(name, i, size=16, seed=0), dtype=np.float32)
+            images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
+            labels.append(c)
+    return torch.stack(images), torch.tensor(labels)
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    torch.manual_seed(0)
+    return classifier_space(FaceClassifier(3, widths=(8, 16)).eval(), "tiny")
+
+
+def test_fid_and_kid_of_a_set_against_itself_are_zero_and_against_noise_large(faces, tiny_space):
+    images, _ = faces
+    real = tiny_space(images)
+    noise = tiny_space(torch.rand(len(images), 3, 16, 16))
+    assert metrics.fid(real, real) == pytest.approx(0.0, abs=1e-6)
+    # untrained features are small, so compare with two halves of the same set, not a constant
+    assert metrics.fid(real, noise) > 50 * metrics.fid(real[::2], real[1::2]) > 0
+    same, _ = metrics.kid(real[::2], real[1::2], subsets=20, subset_size=30)
+    far, _ = metrics.kid(real, noise, subsets=20, subset_size=30)
+    assert abs(same) < 0.05 * far
+
+
+def test_fid_matches_an_independent_computation(faces, tiny_space):
+    images, _ = faces
+    a, b = tiny_space(images[:40]).double(), tiny_space(images[30:]).double()
+    mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+    cov_a, cov_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)
+    assert metrics.fid(a, b) == pytest.approx(expected, rel=1e-4)
+
+
+def test_kid_matches_an_independent_unbiased_mmd():
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 5).double(), torch.randn(30, 5).double() + 0.3
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731  (KID's cubic kernel)
+    n = len(x)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    mmd = (kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (n * (n - 1))
+    mmd -= 2 * kxy.mean()
+    mean, std = metrics.kid(x, y, subsets=3, subset_size=30)  # every subset is the whole set
+    assert mean == pytest.approx(float(mmd), rel=1e-6) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_class_consistency_of_real_images_equals_the_classifiers_accuracy(faces, tiny_space):
+    images, labels = faces
+    torch.manual_seed(1)
+    clf = FaceClassifier(3, widths=(8, 16)).eval()
+    logits, features = predict(clf, images)
+    result = metrics.group_metrics(
+        fake_logits=logits, fake_features=features, fake_labels=labels,
+        real_logits=logits, real_features=features, real_labels=labels,
+        nn_distances=torch.zeros(len(labels)), class_names=CLASSES, threshold=0.0,
+    )  # fmt: skip
+    expected = (logits.argmax(1) == labels).float()
+    assert result["real_accuracy"] == pytest.approx(float(expected.mean()))
+    assert result["class_consistency"] == result["real_accuracy"]
+    for c, name in enumerate(CLASSES):
+        per = result["per_class"][name]
+        assert per["class_consistency"] == pytest.approx(float(expected[labels == c].mean()))
+        assert per["class_consistency"] == per["real_accuracy"]
+        assert per["fid"] == pytest.approx(0.0, abs=1e-6)
+        assert per["n_generated"] == per["n_real"] == 24
+
+
+def test_memorisation_audit_finds_planted_copies(faces, tiny_space):
+    images, _ = faces
+    train, test = images[::2], images[1::2]  # 36 each
+    fresh = images[1::2][:12]
+    planted = torch.cat([train[[3, 17, 30]], fresh])  # 3 copies of training images, 12 others
+    feats_train = tiny_space(train)
+    threshold = metrics.memorisation_threshold(tiny_space(test), feats_train, quantile=0.0)
+    assert threshold > 0
+    dist, idx = metrics.nearest(tiny_space(planted), feats_train)
+    assert idx[:3].tolist() == [3, 17, 30]
+    assert dist[:3].max() < 1e-4
+    assert metrics.memorised_share(dist, threshold) == pytest.approx(3 / 15)
+
+
+def test_diversity_is_zero_for_copies_and_grows_with_spread():
+    torch.manual_seed(0)
+    base = torch.randn(1, 8)
+    assert metrics.mean_pairwise_distance(base.repeat(5, 1)) == pytest.approx(0.0, abs=1e-6)
+    narrow = metrics.mean_pairwise_distance(base + 0.1 * torch.randn(50, 8))
+    wide = metrics.mean_pairwise_distance(base + torch.randn(50, 8))
+    assert wide > 5 * narrow
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(ValueError, match="FID needs >= 2"):
+        metrics.fid(torch.randn(1, 4), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="quantile"):
+        metrics.memorisation_threshold(torch.randn(3, 4), torch.randn(3, 4), quantile=2.0)
