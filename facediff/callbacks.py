@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class SampleGrid(Callback):
         self.denoising_frames = denoising_frames
         self.attention = attention
         self.dirname = dirname
+        self._last_written: tuple[int, str] | None = None  # (global step, file name prefix)
 
     def on_validation_batch_end(
         self,
@@ -72,8 +74,18 @@ class SampleGrid(Callback):
             self._write(trainer, pl_module, f"epoch{epoch:04d}-step{trainer.global_step:07d}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After WeightAveraging.on_train_end the module holds the final EMA weights.
-        self._write(trainer, pl_module, "final")
+        # After WeightAveraging.on_train_end the module holds the final EMA weights. When the
+        # last validation already drew them (same step, same noise), copy its files instead.
+        last = self._last_written
+        if last is not None and last[0] == trainer.global_step:
+            self._copy_as_final(Path(trainer.default_root_dir) / self.dirname, last[1])
+        else:
+            self._write(trainer, pl_module, "final")
+
+    @rank_zero_only
+    def _copy_as_final(self, out_dir: Path, name: str) -> None:
+        for path in out_dir.glob(f"{name}*.png"):
+            shutil.copyfile(path, out_dir / path.name.replace(name, "final", 1))
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
@@ -105,6 +117,7 @@ class SampleGrid(Callback):
                 fig.save(out_dir / f"{name}-attention-{cls}.png")
             logged["attention"] = (list(figs.values()), list(figs))
         pl_module.train(was_training)
+        self._last_written = (trainer.global_step, name)
         log.info("Wrote sample figures %s/%s*.png", out_dir, name)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -140,6 +140,7 @@ TINY = (
     "data.num_workers=0",
     "model.channel_mult=[1,2]",
     "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "callbacks.model_summary=null",

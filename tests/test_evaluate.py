@@ -129,3 +129,24 @@ def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
     kid = [r["eval/kid"] for r in rows if r.get("eval/kid")]
     assert len(logged) == 2 and len(kid) == 2
     assert list((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_logger_wandb_gets_the_numbers_and_figures(
+    tiny_checkpoint, demo_cache, tmp_path, monkeypatch
+):
+    from test_training import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(
+        eval_cfg(
+            tiny_checkpoint, tmp_path, demo_cache, "logger=wandb", f"paths.output_dir={tmp_path}"
+        )
+    )
+    run_dir = next(tmp_path.glob("wandb/offline-run-*"))
+    keys = set()
+    for record in wandb_records(next(run_dir.glob("*.wandb"))):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+    assert {"eval/class_consistency", "eval/fid", "eval/hat/class_consistency"} <= keys, keys
+    assert list(run_dir.rglob("media/images/eval/per_class_*.png"))
