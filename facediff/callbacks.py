@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,45 @@ from facediff.generator import Generator
 log = logging.getLogger(__name__)
 
 
-class SampleGrid(Callback):
+def module_generator(pl_module: L.LightningModule) -> Generator:
+    """A Generator over the module's network as it is now (EMA weights during validation)."""
+    return Generator(
+        pl_module.net,
+        pl_module.schedule,
+        pl_module.class_names,
+        pl_module.hparams.image_size,
+        device=pl_module.device,
+    )  # sets eval(); callers restore train mode where it matters
+
+
+class EMAValidationCallback(Callback, ABC):
+    """Calls `on_ema_validation` every `every_n_epochs` epochs, right after the first validation
+    batch: Lightning's weight averaging has swapped the EMA weights in by then, whatever the
+    order of the callbacks (its swap back happens before any `on_validation_epoch_end` of ours
+    could see them)."""
+
+    every_n_epochs: int = 1
+
+    @abstractmethod
+    def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Sample or measure with `pl_module`, which holds the EMA weights now."""
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.on_ema_validation(trainer, pl_module)
+
+
+class SampleGrid(EMAValidationCallback):
     """Every `every_n_epochs` epochs, write (and log to W&B) figures from the EMA weights: a
     grid of samples per class and, optionally, a progressive-denoising strip and attention maps.
 
@@ -58,20 +97,9 @@ class SampleGrid(Callback):
         self.dirname = dirname
         self._last_written: tuple[int, str] | None = None  # (global step, file name prefix)
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
-            return
-        epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs == 0:
-            self._write(trainer, pl_module, f"epoch{epoch:04d}-step{trainer.global_step:07d}")
+    def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        name = f"epoch{trainer.current_epoch:04d}-step{trainer.global_step:07d}"
+        self._write(trainer, pl_module, name)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After WeightAveraging.on_train_end the module holds the final EMA weights. When the
@@ -90,13 +118,7 @@ class SampleGrid(Callback):
     @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         was_training = pl_module.training
-        gen = Generator(
-            pl_module.net,
-            pl_module.schedule,
-            pl_module.class_names,
-            pl_module.hparams.image_size,
-            device=pl_module.device,
-        )  # sets eval()
+        gen = module_generator(pl_module)
         out_dir = Path(trainer.default_root_dir) / self.dirname
         out_dir.mkdir(parents=True, exist_ok=True)
         names = gen.class_names

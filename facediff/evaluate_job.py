@@ -146,6 +146,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     def evaluate(n_per_class: int, settings: dict) -> tuple[dict, dict]:
+        log.info("Sampling %d per class: %s", n_per_class, settings)
         fake = generate(gen, clf, space, n_per_class, settings)
         fake["nn_distances"], fake["nn_indices"] = metrics.nearest(
             fake["features"], real["train_features"]
@@ -164,6 +165,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             kid_subset_size=cfg.kid.subset_size,
         )
         result["seconds_per_image"] = fake["seconds_per_image"]
+        log.info("  class consistency %.3f, FID %.3f (%.2f s/image)", result["class_consistency"],
+                 result["fid"], fake["seconds_per_image"])  # fmt: skip
         return result, fake
 
     result, fake = evaluate(cfg.n_per_class, sampling(cfg))
@@ -187,6 +190,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     figures = report.write_report(
         out, result, gen.class_names, fake["images"], fake["labels"], pairs
     )
+    keep = ("labels", "logits", "features", "nn_distances", "nn_indices")
+    real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
+    torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
     log_to_loggers(cfg, result, figures)
     log.info("Wrote %s/metrics.json and %s/report.md", out, out)
     return result

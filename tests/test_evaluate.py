@@ -67,7 +67,7 @@ def test_real_accuracy_is_the_cached_classifiers_test_accuracy(evaluated):
 def test_report_and_figures_are_written(evaluated):
     out, result = evaluated
     for name in ("report.md", "samples.png", "per_class.png", "closest_pairs.png",
-                 "sweep_guidance.png"):  # fmt: skip
+                 "sweep_guidance.png", "sweep_steps.png"):  # fmt: skip
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "not Inception-v3" in report and "## Per group" in report and "## Sweeps" in report

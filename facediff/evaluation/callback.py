@@ -20,17 +20,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from facediff.callbacks import EMAValidationCallback, module_generator
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
-from facediff.generator import Generator
 
 log = logging.getLogger(__name__)
 
 
-class EvalMetrics(Callback):
+class EvalMetrics(EMAValidationCallback):
     """Every `every_n_epochs` epochs, sample `n_per_class` images per class from the EMA weights
     and log their class consistency and KID against the validation split.
 
@@ -82,28 +81,9 @@ class EvalMetrics(Callback):
         log.info("eval_metrics: classifier %s (real test accuracy %.3f)", meta["key"],
                  meta["test_accuracy"])  # fmt: skip
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        # After the first validation batch Lightning's weight averaging has the EMA weights in.
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
-            return
+    def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.clf is not None and self.val_features is not None
-        gen = Generator(
-            pl_module.net,
-            pl_module.schedule,
-            pl_module.class_names,
-            pl_module.hparams.image_size,
-            device=pl_module.device,
-        )  # sets eval(); validation is in eval mode anyway
+        gen = module_generator(pl_module)  # validation runs in eval mode anyway
         images, names = gen.sample(n_per_class=self.n_per_class, **self.sampling)
         labels = torch.tensor([gen.class_id(n) for n in names])
         logits, features = predict(self.clf, images)

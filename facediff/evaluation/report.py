@@ -76,9 +76,9 @@ def sweep_plot(rows: Sequence[dict], x_key: str, path: Path, title: str) -> None
     """Class consistency and FID against `x_key` (steps or guidance), one line per sampler."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for sampler in sorted({r["sampler"] for r in rows}):
-        pts = sorted((r[x_key], r) for r in rows if r["sampler"] == sampler)
+        pts = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r[x_key])
         for ax, key in zip(axes, ("class_consistency", "fid"), strict=True):
-            ax.plot([p[0] for p in pts], [p[1][key] for p in pts], "o-", label=sampler)
+            ax.plot([p[x_key] for p in pts], [p[key] for p in pts], "o-", label=sampler)
     for ax, key in zip(axes, ("class consistency", "FID"), strict=True):
         ax.set_xlabel(x_key)
         ax.set_ylabel(key)
@@ -109,13 +109,15 @@ def write_report(
         samples, nearest = (torch.stack([p[k] for p in pairs]) for k in (0, 1))
         grid = labelled_grid([samples, nearest], ["sample", "nearest train"], scale=scale)
         grid.save(figures["closest_pairs"])
-    sweep = result.get("sweep") or []
-    by_steps = [r for r in sweep if r["guidance"] == result["sampling"]["guidance"]]
+    main = {**result["sampling"], **{k: result[k] for k in SWEEP_COLUMNS if k in result}}
+    points = [main, *(result.get("sweep") or [])]  # the main setting is a point of both curves
+    by_steps = [r for r in points if r["guidance"] == main["guidance"]]
     if len(by_steps) > 1:
         figures["sweep_steps"] = out / "sweep_steps.png"
         sweep_plot(by_steps, "steps", figures["sweep_steps"], "quality against step count")
-    by_guidance = [r for r in sweep if r["steps"] == result["sampling"]["steps"]
-                   and r["sampler"] == result["sampling"]["sampler"]]  # fmt: skip
+    by_guidance = [
+        r for r in points if (r["sampler"], r["steps"]) == (main["sampler"], main["steps"])
+    ]
     if len(by_guidance) > 1:
         figures["sweep_guidance"] = out / "sweep_guidance.png"
         sweep_plot(by_guidance, "guidance", figures["sweep_guidance"], "quality against guidance")
