@@ -23,10 +23,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from facediff.checkpoint import load_checkpoint
 from facediff.evaluation import metrics, report
 from facediff.evaluation.classifier import FaceClassifier, cache_key, classifier_for, predict
-from facediff.evaluation.features import FeatureSpace, cached, classifier_space, inception_space
+from facediff.evaluation.features import (
+    FeatureSpace,
+    cached,
+    check_inception_weights,
+    classifier_space,
+    inception_space,
+)
 from facediff.evaluation.images import iter_images
 from facediff.generator import Generator, resolve_device
 from facediff.loggers import build_logger, finish_loggers
@@ -55,6 +60,8 @@ def check_config(cfg: DictConfig, gen: Generator) -> list[dict[str, Any]]:
     if cfg.n_per_class < 2:
         raise ValueError("n_per_class must be >= 2 (FID and KID need two samples per class).")
     gen.check_settings(cfg.sampler, int(cfg.steps))
+    if cfg.features.inception_weights:
+        check_inception_weights(cfg.features.inception_weights)
     points = [
         {**sampling(cfg), "sampler": p.sampler, "steps": int(p.steps)}
         for p in cfg.sweep.samplers or []
@@ -115,11 +122,10 @@ def generate(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate (or only train the classifier); returns what was written to metrics.json."""
     device = resolve_device(cfg.device)
-    ckpt = load_checkpoint(cfg.ckpt)
     gen = Generator.from_checkpoint(cfg.ckpt, device=device)
     points = check_config(cfg, gen)
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = instantiate(data_config(ckpt["hyper_parameters"].get("data"), overrides, gen.image_size))
+    dm = instantiate(data_config(gen.meta.get("data"), overrides, gen.image_size))
     if dm.class_names != gen.class_names:
         raise ValueError(
             f"The data's classes {dm.class_names} are not the model's {gen.class_names}. "

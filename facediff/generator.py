@@ -84,6 +84,7 @@ class Generator:
             "checkpoint": str(path),
             "weights": "ema" if "current_model_state" in ckpt else "raw (no EMA in checkpoint)",
             "global_step": ckpt.get("global_step"),
+            "data": hp.get("data"),  # the training run's data config (evaluate.py rebuilds it)
         }
         return cls(
             net, NoiseSchedule(**hp["diffusion"]), hp["class_names"], hp["image_size"], device, meta

@@ -158,6 +158,7 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
         "data.num_workers=0",
         "model.channel_mult=[1,2]",
         "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",
         "callbacks.sample_grid.steps=2",
         "callbacks.sample_grid.n_per_class=2",

@@ -45,18 +45,24 @@ def classifier_space(clf: FaceClassifier, key: str) -> FeatureSpace:
     return FeatureSpace(f"facediff-classifier:{key}", lambda images: predict(clf, images)[1])
 
 
-def inception_space(
-    weights: str | Path, device: torch.device, batch_size: int = 64
-) -> FeatureSpace:
-    """Inception-v3 pool features (2048-d) from a local torch-fidelity weights file."""
-    weights = Path(weights).expanduser()
-    if not weights.is_file():
+def check_inception_weights(weights: str | Path) -> Path:
+    """The weights file's path; a FileNotFoundError saying where to get it when it is missing."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
         raise FileNotFoundError(
-            f"Inception weights not found at {weights}. Download {INCEPTION_URL} on a machine "
+            f"Inception weights not found at {path}. Download {INCEPTION_URL} on a machine "
             f"with internet access and copy it there (or point features.inception_weights at "
             "it); set features.inception_weights=null to use facediff's own classifier features "
             "instead (labelled as such, not comparable with published FIDs)."
         )
+    return path
+
+
+def inception_space(
+    weights: str | Path, device: torch.device, batch_size: int = 64
+) -> FeatureSpace:
+    """Inception-v3 pool features (2048-d) from a local torch-fidelity weights file."""
+    weights = check_inception_weights(weights)
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as err:  # torchmetrics without torch-fidelity
