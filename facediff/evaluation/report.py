@@ -60,13 +60,13 @@ def per_class_plot(result: dict, path: Path) -> None:
     fake = [result["per_class"][n]["class_consistency"] for n in names]
     real = [result["per_class"][n]["real_accuracy"] for n in names]
     x = range(len(names))
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.4))
     ax.bar([i - 0.2 for i in x], real, 0.4, label="real test images")
     ax.bar([i + 0.2 for i in x], fake, 0.4, label="generated")
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recognised as their class")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
