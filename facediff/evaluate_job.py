@@ -24,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from facediff.evaluation import metrics, report
-from facediff.evaluation.classifier import FaceClassifier, cache_key, classifier_for, predict
+from facediff.evaluation.classifier import FaceClassifier, cache_key, classifier_for
 from facediff.evaluation.features import (
     FeatureSpace,
     cached,
     check_inception_weights,
     classifier_space,
+    embed,
     inception_space,
 )
 from facediff.evaluation.images import iter_images
@@ -93,8 +94,9 @@ def real_features(
     def compute() -> dict[str, Tensor]:
         out: dict[str, list[Tensor]] = {"test_logits": [], "test_features": [], "test_labels": []}
         for images, labels in iter_images(dm.eval_dataset("test")):
-            out["test_logits"].append(predict(clf, images)[0])
-            out["test_features"].append(space(images))
+            logits, features = embed(clf, space, images)
+            out["test_logits"].append(logits)
+            out["test_features"].append(features)
             out["test_labels"].append(labels)
         out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"))]
         return {name: torch.cat(parts) for name, parts in out.items()}
@@ -110,11 +112,12 @@ def generate(
     images, names = gen.sample(n_per_class=n_per_class, **settings)
     seconds = time.perf_counter() - start
     labels = torch.tensor([gen.class_id(n) for n in names])
+    logits, features = embed(clf, space, images)
     return {
         "images": images,
         "labels": labels,
-        "logits": predict(clf, images)[0],
-        "features": space(images),
+        "logits": logits,
+        "features": features,
         "seconds_per_image": seconds / len(labels),
     }
 

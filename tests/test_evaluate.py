@@ -76,7 +76,13 @@ def test_report_and_figures_are_written(evaluated):
     ]  # fmt: skip
 
 
-def test_train_classifier_task_reuses_the_cache(tiny_checkpoint, demo_cache, tmp_path, evaluated):
+def test_train_classifier_task_reuses_the_cache(
+    tiny_checkpoint, demo_cache, tmp_path, evaluated, monkeypatch
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier was retrained")
+
+    monkeypatch.setattr("facediff.evaluation.classifier.train_classifier", no_training)
     meta = run(eval_cfg(tiny_checkpoint, tmp_path, demo_cache, "task=train_classifier"))
     assert meta == evaluated[1]["classifier"]  # loaded from the cache, not retrained
     assert json.loads((tmp_path / "classifier.json").read_text())["key"] == meta["key"]

@@ -7,7 +7,7 @@ import torch
 from facediff.data.demo import draw_demo_face
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, predict
-from facediff.evaluation.features import classifier_space
+from facediff.evaluation.features import classifier_space, embed
 
 CLASSES = ["glasses", "hat", "beard"]
 
@@ -114,3 +114,15 @@ def test_bad_inputs_name_the_problem():
         metrics.fid(torch.randn(1, 4), torch.randn(5, 4))
     with pytest.raises(ValueError, match="quantile"):
         metrics.memorisation_threshold(torch.randn(3, 4), torch.randn(3, 4), quantile=2.0)
+
+
+def test_embed_in_the_classifier_space_matches_separate_passes(faces, tiny_space):
+    images, _ = faces
+    torch.manual_seed(2)
+    clf = FaceClassifier(3, widths=(8, 16)).eval()
+    space = classifier_space(clf, "k")
+    logits, features = embed(clf, space, images)
+    torch.testing.assert_close(logits, predict(clf, images)[0])
+    torch.testing.assert_close(features, space(images))
+    _, other = embed(clf, tiny_space, images)  # another space: its own features
+    torch.testing.assert_close(other, tiny_space(images))

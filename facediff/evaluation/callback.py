@@ -69,12 +69,17 @@ class EvalMetrics(EMAValidationCallback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "split_digest"):
             raise ValueError("callbacks.eval_metrics needs facediff's FaceDataModule.")
-        if trainer.is_global_zero:  # rank 0 trains and caches; the others then load
-            classifier_for(dm, self.cache_dir, device=pl_module.device, **self.classifier_settings)
+
+        def get() -> tuple[FaceClassifier, dict[str, Any]]:
+            return classifier_for(
+                dm, self.cache_dir, device=pl_module.device, **self.classifier_settings
+            )
+
+        if trainer.is_global_zero:  # rank 0 trains and caches it; the others then load it
+            self.clf, meta = get()
         trainer.strategy.barrier()
-        self.clf, meta = classifier_for(
-            dm, self.cache_dir, device=pl_module.device, **self.classifier_settings
-        )
+        if not trainer.is_global_zero:
+            self.clf, meta = get()
         self.val_features = torch.cat(
             [predict(self.clf, x)[1] for x, _ in iter_images(dm.eval_dataset("val"))]
         )

@@ -35,14 +35,24 @@ class FeatureSpace:
 
     name: str
     fn: Callable[[Tensor], Tensor]
+    classifier: FaceClassifier | None = None  # set when these are its penultimate features
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.fn(images)
 
 
+def embed(clf: FaceClassifier, space: FeatureSpace, images: Tensor) -> tuple[Tensor, Tensor]:
+    """(classifier logits (N, K), features (N, D) in `space`), with one classifier pass when
+    the space is `clf`'s own."""
+    logits, features = predict(clf, images)
+    return logits, features if space.classifier is clf else space(images)
+
+
 def classifier_space(clf: FaceClassifier, key: str) -> FeatureSpace:
     """The classifier's penultimate features (the fallback space)."""
-    return FeatureSpace(f"facediff-classifier:{key}", lambda images: predict(clf, images)[1])
+    return FeatureSpace(
+        f"facediff-classifier:{key}", lambda images: predict(clf, images)[1], classifier=clf
+    )
 
 
 def check_inception_weights(weights: str | Path) -> Path:
