@@ -60,7 +60,7 @@ def check_config(cfg: DictConfig, gen: Generator) -> list[dict[str, Any]]:
         raise ValueError(f"Unknown task={cfg.task!r}; choose one of {TASKS}.")
     if cfg.n_per_class < 2:
         raise ValueError("n_per_class must be >= 2 (FID and KID need two samples per class).")
-    gen.check_settings(cfg.sampler, int(cfg.steps))
+    gen.check_settings(cfg.sampler, int(cfg.steps), float(cfg.eta))
     if cfg.features.inception_weights:
         check_inception_weights(cfg.features.inception_weights)
     points = [
@@ -68,7 +68,7 @@ def check_config(cfg: DictConfig, gen: Generator) -> list[dict[str, Any]]:
         for p in cfg.sweep.samplers or []
     ] + [{**sampling(cfg), "guidance": float(w)} for w in cfg.sweep.guidance or []]
     for point in points:
-        gen.check_settings(point["sampler"], point["steps"])
+        gen.check_settings(point["sampler"], point["steps"], float(point.get("eta", cfg.eta)))
     return points
 
 
@@ -79,8 +79,9 @@ def sampling(cfg: DictConfig) -> dict[str, Any]:
 def real_features(
     dm: Any, clf: FaceClassifier, clf_key: str, space: FeatureSpace, cache_dir: Path
 ) -> dict[str, Tensor]:
-    """Classifier logits, features and labels of the real test split, and features of the real
-    training split; cached per data content, image size, classifier and feature space."""
+    """Classifier logits, features and labels of the real test split, features of the real
+    training split, and features and labels of the validation split (the FID/KID floor: real
+    faces against real faces); cached per data content, image size, classifier and space."""
     key = cache_key(
         {
             "space": space.name,
@@ -88,6 +89,7 @@ def real_features(
             "size": dm.image_size,
             "test": dm.split_digest("test"),
             "train": dm.split_digest("train"),
+            "val": dm.split_digest("val"),
         }
     )
 
@@ -99,6 +101,9 @@ def real_features(
             out["test_features"].append(features)
             out["test_labels"].append(labels)
         out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"))]
+        val = list(iter_images(dm.eval_dataset("val")))
+        out["val_features"] = [space(x) for x, _ in val]
+        out["val_labels"] = [y for _, y in val]
         return {name: torch.cat(parts) for name, parts in out.items()}
 
     return cached(cache_dir / "features" / f"real-{key}.pt", compute)
@@ -172,10 +177,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             threshold=float(threshold),
             kid_subsets=cfg.kid.subsets,
             kid_subset_size=cfg.kid.subset_size,
+            floor_features=real["val_features"],
+            floor_labels=real["val_labels"],
         )
         result["seconds_per_image"] = fake["seconds_per_image"]
-        log.info("  class consistency %.3f, FID %.3f (%.2f s/image)", result["class_consistency"],
-                 result["fid"], fake["seconds_per_image"])  # fmt: skip
+        log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",
+                 result["class_consistency"], result["fid"], result.get("fid_floor") or 0.0,
+                 fake["seconds_per_image"])  # fmt: skip
         return result, fake
 
     result, fake = evaluate(cfg.n_per_class, sampling(cfg))
@@ -208,7 +216,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _headline(result: dict) -> dict:
-    keys = ("class_consistency", "consistency_ratio", "fid", "kid_mean", "kid_std")
+    keys = ("class_consistency", "consistency_ratio", "fid", "fid_floor", "fid_ratio", "kid_mean",
+            "kid_std", "kid_mean_floor")  # fmt: skip
     return {k: result[k] for k in (*keys, "seconds_per_image")}
 
 

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from facediff.checkpoint import CheckpointError, load_checkpoint
-from facediff.diffusion.sampling import SAMPLERS, sample
+from facediff.diffusion.sampling import SAMPLERS, deterministic_start_problem, sample
 from facediff.diffusion.schedule import NoiseSchedule
 
 StepFn = Callable[[int, Tensor, Tensor], None]
@@ -111,11 +111,19 @@ class Generator:
             raise ValueError(f"Blend {dict(blend)} has no positive weight.")
         return weights / weights.sum()
 
-    def check_settings(self, sampler: str, steps: int) -> None:
+    def check_settings(self, sampler: str, steps: int, eta: float = 0.0) -> None:
+        """Refuse settings that cannot work with this model, before any sampling."""
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
         if not 1 <= steps <= self.num_steps:
             raise ValueError(f"steps must be in 1..{self.num_steps} (the model's T), got {steps}.")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}.")
+        problem = deterministic_start_problem(
+            self.schedule.prediction, sampler, eta, float(self.schedule.alpha_bar[-1])
+        )
+        if problem is not None:
+            raise ValueError(problem)
 
     @torch.no_grad()
     def generate(
@@ -133,7 +141,7 @@ class Generator:
     ) -> Tensor:
         """Images in [0, 1] for conditions `y` ((N,) ids or (N, K) weights); sample n's noise
         comes from (seed, sample_ids[n])."""
-        self.check_settings(sampler, steps)
+        self.check_settings(sampler, steps, eta)
         if len(y) != len(sample_ids):
             raise ValueError(f"{len(y)} conditions for {len(sample_ids)} sample ids.")
         out = []

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def check_config(cfg: DictConfig, gen: Generator) -> None:
     """Fail fast, naming the setting, before any work is done."""
-    gen.check_settings(cfg.sampler, int(cfg.steps))
+    gen.check_settings(cfg.sampler, int(cfg.steps), float(cfg.eta))
     for name in cfg.classes or []:
         gen.class_id(name)
     if cfg.n_per_class < 1 or cfg.batch_size < 1:

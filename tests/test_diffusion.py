@@ -16,6 +16,7 @@ from facediff.diffusion.objective import (
 from facediff.diffusion.sampling import (
     ddim_step,
     ddpm_step,
+    deterministic_start_problem,
     dpmpp_2m_step,
     guided_output,
     sample,
@@ -256,3 +257,23 @@ def test_per_sample_generators_make_samples_independent_of_batching(sampler):
     whole = run(range(6))
     parts = torch.cat([run(range(0, 2)), run(range(2, 5)), run(range(5, 6))])
     torch.testing.assert_close(whole, parts)
+
+
+@pytest.mark.parametrize(
+    "diffusion, sampler, eta, refused",
+    [
+        ({"prediction": "eps"}, "dpmpp", 0.0, True),
+        ({"prediction": "eps"}, "ddim", 0.0, True),
+        ({"prediction": "eps"}, "ddim", 1.0, False),
+        ({"prediction": "eps"}, "ddpm", 0.0, False),
+        ({"prediction": "v"}, "dpmpp", 0.0, False),
+        ({"prediction": "v"}, "ddim", 0.0, False),
+        ({"schedule": "linear", "prediction": "eps"}, "dpmpp", 0.0, False),  # SNR 6e-3 at T-1
+    ],
+)
+def test_deterministic_samplers_refuse_an_eps_model_at_zero_snr(diffusion, sampler, eta, refused):
+    s = NoiseSchedule(500, **diffusion)
+    problem = deterministic_start_problem(s.prediction, sampler, eta, float(s.alpha_bar[-1]))
+    assert (problem is not None) == refused
+    if refused:
+        assert "sampler=ddpm" in problem and "diffusion.prediction=v" in problem

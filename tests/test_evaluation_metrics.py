@@ -126,3 +126,30 @@ def test_embed_in_the_classifier_space_matches_separate_passes(faces, tiny_space
     torch.testing.assert_close(features, space(images))
     _, other = embed(clf, tiny_space, images)  # another space: its own features
     torch.testing.assert_close(other, tiny_space(images))
+
+
+def test_floor_is_real_against_real_with_as_many_per_class_as_generated(faces, tiny_space):
+    images, labels = faces
+    feats = tiny_space(images)
+    test, held_out = torch.arange(0, 72, 2), torch.arange(1, 72, 2)  # 12 per class each
+    fake = tiny_space(torch.rand(30, 3, 16, 16))  # noise "samples", 10 per class
+    fake_labels = torch.arange(3).repeat_interleave(10)
+    logits = torch.zeros(len(fake_labels), 3)
+    result = metrics.group_metrics(
+        fake_logits=logits, fake_features=fake, fake_labels=fake_labels,
+        real_logits=torch.zeros(36, 3), real_features=feats[test], real_labels=labels[test],
+        nn_distances=torch.ones(30), class_names=CLASSES, threshold=0.0,
+        floor_features=feats[held_out], floor_labels=labels[held_out],
+    )  # fmt: skip
+    keep = metrics.per_class_subset(labels[held_out], {0: 10, 1: 10, 2: 10})
+    assert metrics.fid(feats[test], feats[held_out][keep]) == pytest.approx(result["fid_floor"])
+    assert 0 < result["fid_floor"] < result["fid"] / 10
+    assert result["fid_ratio"] == pytest.approx(result["fid"] / result["fid_floor"])
+    assert result["diversity_ratio"] == pytest.approx(
+        result["diversity"] / result["real_diversity"]
+    )
+    for c, name in enumerate(CLASSES):
+        per = result["per_class"][name]
+        expected = metrics.fid(feats[test][labels[test] == c], feats[held_out][keep][c * 10 :][:10])
+        assert per["fid_floor"] == pytest.approx(expected)
+        assert per["fid_ratio"] > 1

@@ -30,6 +30,9 @@ from facediff.diffusion.objective import split_prediction
 from facediff.diffusion.schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
+# Deterministic samplers need a usable x0_hat at the first step; an epsilon model's x0_hat has its
+# error amplified by 1 / sqrt(SNR) there (10^4 at the cosine schedule's SNR of ~1e-8).
+MIN_DETERMINISTIC_START_SNR = 1e-3
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -42,6 +45,30 @@ def spaced_timesteps(num_steps: int, steps: int) -> list[int]:
         raise ValueError(f"steps must be in 1..{num_steps} (the model's T), got {steps}.")
     ratio = num_steps / steps
     return [round(num_steps - i * ratio) - 1 for i in range(steps)]
+
+
+def deterministic_start_problem(
+    prediction: str, sampler: str, eta: float, alpha_bar_start: float
+) -> str | None:
+    """Why (prediction, sampler) cannot work from a first step at alpha_bar_start, or None.
+
+    An epsilon model's x0_hat = (x_t - sqrt(1-ab) eps_hat) / sqrt(ab) carries the network's error
+    times 1 / sqrt(SNR). Ancestral sampling (ddpm, ddim at eta > 0) washes that out with fresh
+    noise; ddim at eta 0 and dpmpp carry it to the end: measured on the demo, 0.72 class
+    consistency against 0.96 for ddpm. v-prediction has no such problem.
+    """
+    deterministic = sampler == "dpmpp" or (sampler == "ddim" and eta == 0)
+    start_snr = alpha_bar_start / max(1.0 - alpha_bar_start, 1e-12)
+    if prediction == "eps" and deterministic and start_snr < MIN_DETERMINISTIC_START_SNR:
+        return (
+            f"sampler={sampler}"
+            + (" with eta=0" if sampler == "ddim" else "")
+            + f" cannot sample this epsilon-prediction model: its first step has SNR "
+            f"{start_snr:.1e}, where the predicted image is amplified noise that a deterministic "
+            "sampler carries to the end. Use sampler=ddpm (or ddim with eta=1.0), or train with "
+            "diffusion.prediction=v (the default)."
+        )
+    return None
 
 
 def guided_output(

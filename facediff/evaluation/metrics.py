@@ -7,6 +7,9 @@ class and every sweep point); class accuracy from torchmetrics too. What is the 
   were asked for, set against the same classifier's accuracy on real test images (the ratio is
   the headline: generated faces should be recognised as often as real ones);
 - diversity: the mean pairwise feature distance within a class;
+- the floor: FID and KID between two disjoint sets of real faces (the test split and another
+  held-out split, at most as many per class as were generated), i.e. what a perfect generator
+  would score with this many images; the samples' FID / floor ratio is comparable across setups;
 - memorisation: each sample's nearest training image in feature space, and the share of samples
   closer to a training image than `threshold` (by default a low quantile of the distances from
   real *test* images to their nearest training image: closer than that is suspicious).
@@ -106,6 +109,12 @@ def memorised_share(nn_distances: Tensor, threshold: float) -> float:
     return float((nn_distances < threshold).double().mean()) if len(nn_distances) else 0.0
 
 
+def per_class_subset(labels: Tensor, n_per_class: dict[int, int]) -> Tensor:
+    """Indices of the first n_per_class[c] rows of each class c (a fixed, reproducible subset)."""
+    keep = [torch.nonzero(labels == c).flatten()[:n] for c, n in n_per_class.items()]
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+
+
 def group_metrics(
     *,
     fake_logits: Tensor,
@@ -119,11 +128,15 @@ def group_metrics(
     threshold: float,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    floor_features: Tensor | None = None,
+    floor_labels: Tensor | None = None,
 ) -> dict:
     """Every metric, overall and per class, as a JSON-able dict (see evaluate.py's metrics.json).
 
     real_* are the real test split; nn_distances (N_fake,) the distance of each sample to its
-    nearest training image (`nearest`), for the memorisation share.
+    nearest training image (`nearest`), for the memorisation share. floor_* (optional) are real
+    faces disjoint from the test split (e.g. the validation split): FID/KID between them and the
+    test split, with as many per class as were generated, are reported as `*_floor`.
     """
     k = len(class_names)
     real_acc, real_per_class = accuracy(real_logits, real_labels, k)
@@ -135,14 +148,27 @@ def group_metrics(
         kid_mean, kid_std = kid(real, fake, kid_subsets, kid_subset_size)
         return {"fid": fid(real, fake), "kid_mean": kid_mean, "kid_std": kid_std}
 
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b > 0 else None
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b is not None and b > 0 else None
+
+    if floor_features is not None and floor_labels is not None:
+        wanted = {c: int((fake_labels == c).sum()) for c in range(k)}
+        keep = per_class_subset(floor_labels, wanted)
+        floor_features, floor_labels = floor_features[keep], floor_labels[keep]
+
+    def floor(real: Tensor, mask: Tensor | None) -> dict[str, float | None]:
+        if floor_features is None or floor_labels is None:
+            return {}
+        other = floor_features if mask is None else floor_features[floor_labels == mask]
+        values = realism(real, other)
+        return {f"{key}_floor": v for key, v in values.items()}
 
     out: dict = {
         "class_consistency": fake_acc,
         "real_accuracy": real_acc,
         "consistency_ratio": ratio(fake_acc, real_acc),
         **realism(real_features, fake_features),
+        **floor(real_features, None),
         "diversity": mean_pairwise_distance(fake_features),
         "real_diversity": mean_pairwise_distance(real_features),
         "memorised_share": memorised_share(nn_distances, threshold),
@@ -158,10 +184,22 @@ def group_metrics(
             "real_accuracy": real_per_class[c],
             "consistency_ratio": ratio(fake_per_class[c], real_per_class[c]),
             **realism(real_features[real_c], fake_features[fake_c]),
+            **floor(real_features[real_c], c),
             "diversity": mean_pairwise_distance(fake_features[fake_c]),
             "real_diversity": mean_pairwise_distance(real_features[real_c]),
             "memorised_share": memorised_share(nn_distances[fake_c], threshold),
             "n_generated": int(fake_c.sum()),
             "n_real": int(real_c.sum()),
         }
+    add_ratios(out)
+    for per in out["per_class"].values():
+        add_ratios(per)
     return out
+
+
+def add_ratios(row: dict) -> None:
+    """fid_ratio = fid / fid_floor and diversity_ratio = diversity / real_diversity, in place."""
+    if row.get("fid_floor"):
+        row["fid_ratio"] = row["fid"] / row["fid_floor"] if row.get("fid") is not None else None
+    if row.get("real_diversity"):
+        row["diversity_ratio"] = row["diversity"] / row["real_diversity"]

@@ -21,7 +21,9 @@ PER_CLASS_COLUMNS = (
     ("real_accuracy", "real acc."),
     ("consistency_ratio", "ratio"),
     ("fid", "FID"),
+    ("fid_floor", "FID floor"),
     ("kid_mean", "KID"),
+    ("kid_mean_floor", "KID floor"),
     ("diversity", "diversity"),
     ("real_diversity", "real div."),
     ("memorised_share", "memorised"),
@@ -29,7 +31,7 @@ PER_CLASS_COLUMNS = (
     ("n_real", "n real"),
 )
 SWEEP_COLUMNS = ("sampler", "steps", "guidance", "class_consistency", "consistency_ratio",
-                 "fid", "kid_mean", "seconds_per_image")  # fmt: skip
+                 "fid", "fid_ratio", "kid_mean", "seconds_per_image")  # fmt: skip
 
 
 def fmt(value: Any) -> str:
@@ -141,11 +143,15 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         ("classifier accuracy (real test)", result["real_accuracy"]),
         ("consistency ratio (headline)", result["consistency_ratio"]),
         (f"FID ({extractor})", result["fid"]),
+        ("FID floor (real vs real, same size)", result.get("fid_floor")),
+        ("FID / floor", result.get("fid_ratio")),
         ("KID mean / std", f"{fmt(result['kid_mean'])} / {fmt(result['kid_std'])}"),
+        ("KID floor (real vs real)", result.get("kid_mean_floor")),
         (
             "diversity (generated / real)",
             f"{fmt(result['diversity'])} / {fmt(result['real_diversity'])}",
         ),
+        ("diversity ratio (generated / real)", result.get("diversity_ratio")),
         ("memorised share", result["memorised_share"]),
         ("memorisation threshold", result["memorisation_threshold"]),
         ("seconds per image", result["seconds_per_image"]),
@@ -165,7 +171,10 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "\n## Per group\n",
         "Consistency: share of samples the classifier assigns to the group they were asked for; "
         "ratio: consistency over the classifier's accuracy on real images of that group (1 = "
-        "generated faces are recognised as often as real ones). Diversity: mean pairwise "
+        "generated faces are recognised as often as real ones). FID floor: FID between two "
+        "disjoint "
+        "sets of real faces of the group (test and validation split, as many as were "
+        "generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real test images' distances to the training set).\n",
         markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
