@@ -4,13 +4,17 @@
 per-timestep validation losses `val_t/loss_tNNNN` that the LightningModule logs. After each
 validation and at the end of fit it rewrites `<run>/loss_curves.png` (left: training loss per
 step with a moving average, and validation loss; right: validation loss against the timestep t,
-one line per validation, darker = later) and `<run>/loss_curves.json` (the same numbers).
+one line per validation, darker = later) and `<run>/loss_curves.json` (the same numbers), and
+logs the training speed since the previous validation (steps/s, images/s) to the run's log, so
+a recipe's wall time on another machine can be read off its log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
+log = logging.getLogger(__name__)
 VAL_T = re.compile(r"^val_t/loss_t(\d+)$")
 
 
@@ -73,6 +78,8 @@ class LossCurves(Callback):
         self.filename = filename
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, detached loss): no sync
         self.history: dict[str, Any] = {"train_steps": [], "train_loss": [], "val": []}
+        self._since: tuple[float, int, int] | None = None  # (time, step, images) at last report
+        self._images = 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -81,6 +88,20 @@ class LossCurves(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._pending.append((trainer.global_step, loss.detach()))
+        if isinstance(batch, (list, tuple)) and isinstance(batch[0], torch.Tensor):
+            self._images += batch[0].shape[0] * trainer.world_size
+        if self._since is None:  # the first step (compilation, warm-up) is not timed
+            self._since = (time.perf_counter(), trainer.global_step, self._images)
+
+    def _speed(self, step: int) -> dict[str, float] | None:
+        """Steps/s and images/s since the last report (training and validation included)."""
+        if self._since is None or step <= self._since[1]:
+            return None
+        now, (then, step0, images0) = time.perf_counter(), self._since
+        self._since = (now, step, self._images)
+        seconds = now - then
+        return {"steps_per_sec": (step - step0) / seconds,
+                "images_per_sec": (self._images - images0) / seconds}  # fmt: skip
 
     def _flush(self) -> None:
         if self._pending:
@@ -99,10 +120,16 @@ class LossCurves(Callback):
             for k, v in metrics.items()
             if (m := VAL_T.match(k)) is not None
         }
+        speed = self._speed(trainer.global_step)
         if "val/loss" in metrics:
+            loss = float(metrics["val/loss"])
             self.history["val"].append(
-                {"step": trainer.global_step, "loss": float(metrics["val/loss"]), "per_t": per_t}
+                {"step": trainer.global_step, "loss": loss, "per_t": per_t, **(speed or {})}
             )
+            if speed is not None:
+                log.info("step %d: val/loss %.4f; %.2f steps/s, %.1f images/s since the last "
+                         "validation (validation included)", trainer.global_step, loss,
+                         speed["steps_per_sec"], speed["images_per_sec"])  # fmt: skip
         self._write(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

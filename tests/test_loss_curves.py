@@ -23,6 +23,7 @@ def test_every_run_folder_holds_its_loss_curves(tiny_cfg):
     assert n_steps > 0 and history["train_steps"] == list(range(1, n_steps + 1))
     assert [v["step"] for v in history["val"]] == [n_steps // 2, n_steps]
     assert all(len(v["per_t"]) == cfg.module.val_timesteps for v in history["val"])
-    assert all(v["loss"] > 0 for v in history["val"])
+    assert all(v["loss"] > 0 and v["steps_per_sec"] > 0 for v in history["val"])
+    assert history["val"][0]["images_per_sec"] > history["val"][0]["steps_per_sec"]
     with Image.open(out / "loss_curves.png") as image:
         assert image.width > 600 and image.height > 250
