@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mem-model", default="unet_attn")
     p.add_argument("--mem-batch", type=int, default=32)
     p.add_argument("--mem-precision", default="fp32")
+    p.add_argument("--mem-inprocess", action="store_true", help="no child process (quicker)")
     p.add_argument("--data-per-class", type=int, default=200, help="JPEGs per class (3 classes)")
     p.add_argument("--data-workers", default="0,2")
     p.add_argument("--sample-models", default="unet_attn")
@@ -125,7 +126,7 @@ def print_rest(result: dict[str, Any]) -> None:
             print(f"- {label}: {r.get('peak_mib', float('nan')):.0f} MiB ({r.get('method', r)})")
         if "error" in m:
             print(f"- error: {m['error']}")
-        if "reduction" in m:
+        if m.get("reduction") is not None:
             print(f"- grad checkpointing cuts it by {100 * m['reduction']:.0f}%")
     if "data" in result:
         d = result["data"]
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_train(result["train"])
     if "memory" in sections:
         result["memory"] = bench_memory.run_memory(
-            args.mem_model, args.size, args.mem_batch, args.mem_precision
+            args.mem_model, args.size, args.mem_batch, args.mem_precision, not args.mem_inprocess
         )
     if "data" in sections:
         workers = tuple(int(w) for w in csv(args.data_workers))
