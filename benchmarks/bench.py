@@ -1,6 +1,6 @@
 """facediff's benchmark: training, memory, data loading and sampling on the current device.
 
-    PYTHONPATH=. python -m benchmarks.bench --json bench.json            # everything
+    PYTHONPATH=. python -m benchmarks.bench            # everything -> outputs/bench/bench.json
     PYTHONPATH=. python -m benchmarks.bench --only train --models unet_attn,diffusers_unet2d \
         --precisions bf16 --variants none --reps 3                        # a quick subset
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-steps", type=int, default=None, help="time fewer steps and scale")
     p.add_argument("--peak-n", type=int, default=2048, help="matmul side for the peak")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--json", default="bench.json", help="output file")
+    p.add_argument("--json", default="outputs/bench/bench.json", help="output file")
     return p.parse_args(argv)
 
 
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             device, measured_steps=args.sample_steps,
         )  # fmt: skip
     print_rest(result)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}")
     return result
