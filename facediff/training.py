@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
+from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 from facediff.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.module import DiffusionModule
 
@@ -19,15 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """`auto`: 16-bit mixed precision on a GPU, full fp32 on a CPU.
-
-    On CPU Lightning would turn 16-mixed into bf16-mixed, which for the small convolutions of
-    these UNets measured slower than fp32 on our 2-core test machine (see README, Benchmarks).
-    """
+    """`auto`: 16-bit mixed precision on a GPU; on a CPU bf16-mixed where it has native bf16
+    matrix units (AMX or AVX512-BF16), fp32 elsewhere (facediff.hardware; BENCHMARKS.md).
+    The choice and its reason are logged."""
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "16-mixed" if on_gpu else "32-true"
+    if on_gpu:
+        return "16-mixed"
+    choice, reason = cpu_auto_precision(cpu_flags())
+    log.info("precision auto on CPU (%s): %s, because %s", cpu_model(), choice, reason)
+    return choice
 
 
 def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from facediff.hardware import cpu_auto_precision, cpu_flags
 from facediff.training import resolve_precision
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -51,8 +52,9 @@ def test_model_configs_build(compose_cfg, model, size, lo, hi):
 
 
 def test_auto_precision():
-    assert resolve_precision("auto", "cpu") == "32-true"
+    on_cpu = cpu_auto_precision(cpu_flags())[0]  # bf16-mixed only with AMX / AVX512-BF16
+    assert resolve_precision("auto", "cpu") == on_cpu
     assert resolve_precision("auto", "gpu") == "16-mixed"
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    expected = "16-mixed" if torch.cuda.is_available() else "32-true"
+    expected = "16-mixed" if torch.cuda.is_available() else on_cpu
     assert resolve_precision("auto", "auto") == expected

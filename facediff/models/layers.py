@@ -129,19 +129,26 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        d = C // self.heads
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, d, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, d)
+        d, L = C // self.heads, H * W
+        # Token layout (B, L, C): q, k and v come out as (B, heads, L, d) views whose last dim is
+        # contiguous, which the fused CPU kernel of SDPA requires; with the (B, 3, heads, d, L)
+        # layout of a 1x1 conv they were strided and SDPA fell back to its unfused math path
+        # (bmm + safe softmax + L x L weights: 3.3x slower at 32x32 in fp32, BENCHMARKS.md).
+        # The weights stay those of the 1x1 convolutions, so checkpoints are unchanged.
+        tokens = self.norm(x).reshape(B, C, L).transpose(1, 2)  # (B, L, C)
+        qkv = F.linear(tokens, self.qkv.weight.view(3 * C, C), self.qkv.bias)  # (B, L, 3C)
+        q, k, v = qkv.view(B, L, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.capture is None:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
         else:
             s = d**-0.25  # split 1/sqrt(d) over q and k: keeps fp16 logits from overflowing
-            logits = (q * s) @ (k * s).transpose(-1, -2)  # (B, heads, HW, HW)
+            logits = (q * s) @ (k * s).transpose(-1, -2)  # (B, heads, L, L)
             weights = logits.float().softmax(dim=-1)
             self.capture[self.name] = weights.detach()
-            out = weights.to(v.dtype) @ v  # (B, heads, HW, d)
-        out = out.transpose(-1, -2).reshape(B, C, H, W)
-        return x + self.proj(out)
+            out = weights.to(v.dtype) @ v  # (B, heads, L, d)
+        out = out.transpose(1, 2).reshape(B, L, C)  # heads concatenated, as the conv's channels
+        out = F.linear(out, self.proj.weight.view(C, C), self.proj.bias)  # (B, L, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
 
 
 class Downsample(nn.Module):

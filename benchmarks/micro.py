@@ -1,0 +1,151 @@
+"""Micro-benchmarks behind the findings in BENCHMARKS.md (interleaved, median and min-max).
+
+    PYTHONPATH=. python -m benchmarks.micro [--only attention,step,ops] [--reps 5]
+
+- attention: facediff's AttentionBlock forward + backward, before (the 1x1-conv layout whose q,
+  k, v had a strided last dim, so F.scaled_dot_product_attention took its unfused math path)
+  and now (token layout, fused kernel), at unet_attn's three attention resolutions.
+- step: a whole unet_attn training step with the old and the new attention forward.
+- ops: what bf16 autocast costs on this CPU, op by op: a 3x3 convolution and GroupNorm, in
+  contiguous and channels_last layouts, and a matmul, each in fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).parents[1]
+
+
+def legacy_attention_forward(self: Any, x: Any) -> Any:
+    """AttentionBlock.forward as it was before this benchmark (kept for comparison only)."""
+    import torch.nn.functional as F
+
+    B, C, H, W = x.shape
+    d = C // self.heads
+    qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, d, H * W)
+    q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # (B, heads, HW, d), last-dim stride HW
+    out = F.scaled_dot_product_attention(q, k, v)
+    out = out.transpose(-1, -2).reshape(B, C, H, W)
+    return x + self.proj(out)
+
+
+def fwd_bwd(fn: Callable[[], Any], precision: str) -> Callable[[], None]:
+    import torch
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = fn()
+        out.float().sum().backward()
+
+    return run
+
+
+def attention_cases(batch: int) -> dict[str, Callable[[], None]]:
+    import torch
+
+    from facediff.models.layers import AttentionBlock
+
+    cases = {}
+    for res, ch in ((32, 128), (16, 192), (8, 256)):  # unet_attn at 64x64
+        torch.manual_seed(0)
+        block = AttentionBlock(ch, 4, 32)
+        old = AttentionBlock(ch, 4, 32)
+        old.load_state_dict(block.state_dict())
+        old.forward = types.MethodType(legacy_attention_forward, old)  # type: ignore[method-assign]
+        x = torch.randn(batch, ch, res, res, requires_grad=True)
+        for precision in ("fp32", "bf16"):
+            for label, blk in (("before", old), ("after", block)):
+                key = f"attention {res}px C{ch} {precision} {label}"
+                cases[key] = fwd_bwd(lambda blk=blk, x=x: blk(x), precision)
+    return cases
+
+
+def step_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
+    from benchmarks.bench_train import TrainCase, TrainStep
+    from facediff.models.layers import AttentionBlock
+
+    device = __import__("torch").device("cpu")
+    new = TrainStep(TrainCase("unet_attn"), size, batch, device)
+    old = TrainStep(TrainCase("unet_attn"), size, batch, device)
+    for module in old.net.modules():
+        if isinstance(module, AttentionBlock):
+            module.forward = types.MethodType(legacy_attention_forward, module)  # type: ignore[method-assign]
+    return {"unet_attn step fp32 before": old, "unet_attn step fp32 after": new}
+
+
+def op_cases(batch: int) -> dict[str, Callable[[], None]]:
+    import torch
+    from torch import nn
+
+    cases = {}
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    norm = nn.GroupNorm(32, 128)
+    x = torch.randn(batch, 128, 32, 32, requires_grad=True)
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    conv_cl = nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
+    conv_cl.load_state_dict(conv.state_dict())
+    for precision in ("fp32", "bf16"):
+        cases[f"conv3x3 128ch 32px {precision}"] = fwd_bwd(lambda: conv(x), precision)
+        cases[f"conv3x3 128ch 32px {precision} channels_last"] = fwd_bwd(
+            lambda: conv_cl(x_cl), precision
+        )
+        cases[f"groupnorm 128ch 32px {precision}"] = fwd_bwd(lambda: norm(x), precision)
+        cases[f"groupnorm 128ch 32px {precision} channels_last"] = fwd_bwd(
+            lambda: norm(x_cl), precision
+        )
+    a32, b32 = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    cases["matmul 1024 fp32"] = lambda: torch.mm(a32, b32)
+    cases["matmul 1024 bf16"] = lambda: torch.mm(a16, b16)
+    return cases
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    p = argparse.ArgumentParser(description="facediff micro-benchmarks")
+    p.add_argument("--only", default="attention,step,ops")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.common import cpu_info, interleave, summarize
+
+    only = set(args.only.split(","))
+    cases: dict[str, Callable[[], Any]] = {}
+    if "attention" in only:
+        cases |= attention_cases(args.batch)
+    if "step" in only:
+        cases |= step_cases(args.batch, args.size)
+    if "ops" in only:
+        cases |= op_cases(args.batch)
+    times = interleave(cases, args.reps, args.warmup, torch.device("cpu"))
+    cpu = cpu_info()
+    print(f"# {cpu['model']}, flags {' '.join(cpu['flags'])}; no {' '.join(cpu['missing'])}")
+    print(f"# batch {args.batch}, {args.reps} interleaved reps, ms median (min-max)")
+    out = {}
+    for key, secs in times.items():
+        stat = summarize([s * 1e3 for s in secs])
+        out[key] = stat
+        line = f"{key}: {stat['median']:.1f} ms ({stat['min']:.1f}-{stat['max']:.1f})"
+        if key.endswith(" after"):
+            before = out.get(key[: -len("after")] + "before")
+            if before:
+                line += f"  speed-up {before['median'] / stat['median']:.2f}x"
+        print(line)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The networks the benchmark compares: facediff's model configs (conf/model/*.yaml, composed as
+train.py composes them) and diffusers' UNet2DModel laid out like `unet_attn`.
+
+diffusers is optional (the `bench` extra in pyproject.toml); without it the peer is skipped with
+a note. Every network is wrapped to facediff's interface `net(x, t, y)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+CONF = Path(__file__).parents[1] / "conf"
+FACEDIFF_MODELS = ("original", "unet_attn", "unet", "unet_tiny")
+PEER = "diffusers_unet2d"
+ALL_MODELS = (*FACEDIFF_MODELS, PEER)
+NATIVE_SIZE = {"unet_tiny": 32}  # the largest size a config is laid out for, where it has one
+
+
+def have_diffusers() -> bool:
+    return importlib.util.find_spec("diffusers") is not None
+
+
+def model_size(name: str, size: int) -> int:
+    """The image size a model is benchmarked at: `size`, capped at the config's native size."""
+    return min(size, NATIVE_SIZE.get(name, size))
+
+
+class DiffusersUNet(nn.Module):
+    """diffusers' UNet2DModel as `unet_attn`: widths 64/128/192/256, two ResNet blocks per level,
+    self-attention at the three lower levels (32, 16, 8 px at 64x64) and in the middle block,
+    a class embedding with one extra row (the null class), 32-channel attention heads."""
+
+    def __init__(self, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.image_size, self.num_classes = image_size, num_classes
+        self.net = UNet2DModel(
+            sample_size=image_size,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(64, 128, 192, 256),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", *["AttnDownBlock2D"] * 3),
+            up_block_types=(*["AttnUpBlock2D"] * 3, "UpBlock2D"),
+            attention_head_dim=32,
+            num_class_embeds=num_classes + 1,
+            norm_num_groups=32,
+        )
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.net(x, t, class_labels=y).sample
+
+    def set_grad_checkpoint(self, on: bool) -> None:
+        if on:
+            self.net.enable_gradient_checkpointing()
+        else:
+            self.net.disable_gradient_checkpointing()
+
+
+def facediff_model_config(name: str) -> dict[str, Any]:
+    """conf/model/<name>.yaml composed through Hydra, as a plain dict with `_target_`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}"])
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
+def build_model(name: str, image_size: int, num_classes: int = 3) -> nn.Module:
+    """A fresh network in training mode (seeded, so every case of a model starts alike)."""
+    torch.manual_seed(0)
+    if name == PEER:
+        if not have_diffusers():
+            raise ModuleNotFoundError("diffusers is not installed (pip install -e .[bench])")
+        return DiffusersUNet(image_size, num_classes).train()
+    if name not in FACEDIFF_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
+    from hydra.utils import instantiate
+
+    cfg = facediff_model_config(name)
+    return instantiate(cfg, image_size=image_size, num_classes=num_classes).train()
+
+
+def set_grad_checkpoint(net: nn.Module, on: bool) -> None:
+    """Turn activation checkpointing on or off for any of the benchmarked networks."""
+    if isinstance(net, DiffusersUNet):
+        net.set_grad_checkpoint(on)
+    elif hasattr(net, "grad_checkpoint"):
+        net.grad_checkpoint = on
+    else:
+        raise ValueError(f"{type(net).__name__} has no gradient checkpointing switch")
+
+
+def num_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,53 @@
+"""The benchmark's functions on tiny settings: right keys, sane values, and fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import bench
+
+
+def test_bench_tiny_run_writes_complete_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = bench.main(
+        [
+            "--models", "unet_tiny", "--precisions", "fp32,bf16",
+            "--variants", "channels_last,grad_ckpt", "--variant-models", "unet_tiny",
+            "--size", "16", "--batch", "2", "--reps", "2", "--warmup", "0",
+            "--peak-n", "256", "--mem-model", "unet_tiny", "--mem-batch", "8", "--mem-inprocess",
+            "--data-per-class", "4", "--data-workers", "0",
+            "--sample-models", "unet_tiny", "--sample-batch", "1", "--sample-steps", "1",
+            "--threads", "1", "--json", str(out),
+        ]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved.keys() >= {"machine", "args", "peak", "train", "memory", "data", "sample"}
+    assert saved["machine"]["cpu"]["model"]
+    assert set(saved["peak"]) == {"fp32", "bf16"} and saved["peak"]["fp32"]["gflops"] > 0
+
+    keys = {"unet_tiny/fp32", "unet_tiny/bf16", "unet_tiny/fp32/cl", "unet_tiny/fp32/ckpt"}
+    assert keys <= set(saved["train"])
+    for key, r in saved["train"].items():
+        assert "error" not in r, (key, r)
+        assert r["img_per_s"]["n"] == 2 and 0 < r["img_per_s"]["min"] <= r["img_per_s"]["max"]
+        assert r["params"] == saved["train"]["unet_tiny/fp32"]["params"] > 1e6
+        assert 0.1 < r["gflop_per_img"] < 10  # unet_tiny at 16x16: ~0.4 GFLOP forward+backward
+        assert 0 < r["ema_share"]["median"] < 1 and 0 < r["peak_share"] < 1
+
+    mem = saved["memory"]  # in-process here (quick); the CLI's default child is in BENCHMARKS.md
+    assert (
+        mem["plain"]["peak_mib"] >= 0 and mem["grad_ckpt"]["peak_mib"] >= 0
+    )  # heap reuse: may be 0
+    assert mem["reduction"] is None or mem["reduction"] < 1
+
+    data = saved["data"]["cases"]
+    assert set(data) == {"workers=0/cache", "workers=0/decode"}
+    assert all(r["img_per_s"]["median"] > 0 and r["images_per_epoch"] > 0 for r in data.values())
+
+    assert set(saved["sample"]) == {"unet_tiny/ddpm", "unet_tiny/ddim", "unet_tiny/dpmpp"}
+    usual = {"ddpm": 100, "ddim": 50, "dpmpp": 25}
+    for r in saved["sample"].values():
+        assert r["usual_steps"] == usual[r["sampler"]] and r["extrapolated"]
+        assert r["img_per_s"]["median"] > 0
+    assert result["train"].keys() == saved["train"].keys()

@@ -1,0 +1,59 @@
+"""precision: auto on a CPU, decided from the CPU's flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+import facediff.training as training
+from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+
+XEON_NO_BF16 = "fpu sse avx2 fma avx512f avx512bw avx512_vnni"
+SAPPHIRE_RAPIDS = XEON_NO_BF16 + " avx512_bf16 amx_tile amx_bf16 amx_int8"
+COOPER_LAKE = XEON_NO_BF16 + " avx512_bf16"
+EPYC_AVX2 = "fpu sse avx avx2 fma"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (SAPPHIRE_RAPIDS, "bf16-mixed"),
+        (COOPER_LAKE, "bf16-mixed"),
+        (XEON_NO_BF16, "32-true"),
+        (EPYC_AVX2, "32-true"),
+        ("amx_tile amx_int8", "32-true"),  # AMX without its bf16 part
+        ("", "32-true"),
+    ],
+)
+def test_cpu_auto_precision(flags: str, expected: str) -> None:
+    precision, reason = cpu_auto_precision(flags.split())
+    assert precision == expected
+    assert ("native bf16" in reason) and (("no native" in reason) == (expected == "32-true"))
+
+
+def test_cpu_flags_and_model_from_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Test Xeon\nflags\t\t: fpu avx512f amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Test Xeon\nflags\t\t: fpu avx512f amx_bf16\n"
+    )
+    assert cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
+    assert cpu_model(info) == "Test Xeon"
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert cpu_model(tmp_path / "missing") == "unknown CPU"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [(SAPPHIRE_RAPIDS, "bf16-mixed"), (EPYC_AVX2, "32-true")]
+)
+def test_resolve_precision_auto_on_cpu_logs_choice(
+    flags: str, expected: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(training, "cpu_flags", lambda: frozenset(flags.split()))
+    with caplog.at_level(logging.INFO, logger="facediff.training"):
+        assert training.resolve_precision("auto", "cpu") == expected
+    assert expected in caplog.text and "native bf16" in caplog.text
+    assert training.resolve_precision("32-true", "cpu") == "32-true"  # explicit wins
+    assert training.resolve_precision("auto", "gpu") == "16-mixed"
