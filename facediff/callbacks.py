@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 
 from facediff import figures, visualize
 from facediff.generator import Generator
+from facediff.untrusted import inside
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class SampleGrid(EMAValidationCallback):
         if self.attention and gen.net.attention_layers():
             figs = visualize.attention_figures(gen, names, scale=scale, **self.sampling)
             for cls, fig in figs.items():
-                fig.save(out_dir / f"{name}-attention-{cls}.png")
+                fig.save(inside(out_dir, f"{name}-attention-{cls}.png"))
             logged["attention"] = (list(figs.values()), list(figs))
         pl_module.train(was_training)
         self._last_written = (trainer.global_step, name)

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from facediff.models.registry import normalise_model_config
 from facediff.module import CHECKPOINT_FORMAT
+from facediff.untrusted import UnsafeValueError
 
 
 class CheckpointError(ValueError):
@@ -48,7 +50,12 @@ def check_resumable(path: str | Path, hparams: dict[str, Any]) -> None:
 
     `hparams` are the LightningModule hyper-parameters of the run that wants to resume.
     """
-    saved = load_checkpoint(path)["hyper_parameters"]
+    saved = dict(load_checkpoint(path)["hyper_parameters"])
+    try:  # legacy `_target_` and `name` spellings of the same network compare equal
+        saved["model"] = normalise_model_config(saved.get("model"))
+        hparams = {**hparams, "model": normalise_model_config(hparams["model"])}
+    except UnsafeValueError as err:
+        raise CheckpointError(f"Cannot resume from {path}: {err}") from err
     for key in ("model", "diffusion", "class_names", "image_size"):
         if saved.get(key) != hparams.get(key):
             raise CheckpointError(

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from facediff.checkpoint import CheckpointError
+from facediff.data.build import build_datamodule
 from facediff.evaluation import metrics, report
 from facediff.evaluation.classifier import FaceClassifier, cache_key, classifier_for
 from facediff.evaluation.features import (
@@ -36,6 +37,7 @@ from facediff.evaluation.features import (
 from facediff.evaluation.images import iter_images
 from facediff.generator import Generator, resolve_device
 from facediff.loggers import build_logger, finish_loggers
+from facediff.untrusted import UnsafeValueError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ SAMPLING_KEYS = ("sampler", "steps", "guidance", "eta", "seed", "batch_size")
 
 def data_config(saved: dict[str, Any] | None, overrides: dict[str, Any], image_size: int) -> dict:
     """The run's data config with the non-null `overrides` applied, at the model's image size."""
-    if saved is None:
+    if not isinstance(saved, dict):
         raise ValueError(
             "This checkpoint does not record its data config (it predates facediff's evaluation). "
             "Retrain it, or evaluate a checkpoint written by this version of train.py."
@@ -128,7 +130,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     gen = Generator.from_checkpoint(cfg.ckpt, device=device)
     points = check_config(cfg, gen)
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = instantiate(data_config(gen.meta.get("data"), overrides, gen.image_size))
+    try:  # facediff's own FaceDataModule from checked plain values, never a stored _target_
+        dm = build_datamodule(data_config(gen.meta.get("data"), overrides, gen.image_size))
+    except UnsafeValueError as err:
+        raise CheckpointError(
+            f"Refusing the data config stored in {cfg.ckpt} (with your data.* overrides): {err}"
+        ) from err
     if dm.class_names != gen.class_names:
         raise ValueError(
             f"The data's classes {dm.class_names} are not the model's {gen.class_names}. "

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from facediff.checkpoint import CheckpointError, load_checkpoint
 from facediff.diffusion.sampling import SAMPLERS, sample
 from facediff.diffusion.schedule import NoiseSchedule
+from facediff.models.registry import build_model
+from facediff.untrusted import UnsafeValueError, check_names, check_plain
 
 StepFn = Callable[[int, Tensor, Tensor], None]
 
@@ -66,13 +67,32 @@ class Generator:
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device | None = None
     ) -> Generator:
-        """Load a facediff checkpoint (its EMA weights where it has them) without running code
-        from the file."""
+        """Load a facediff checkpoint (its EMA weights where it has them).
+
+        Guaranteed: nothing the file names is imported or called. The file is unpickled with
+        `weights_only=True` (tensors and plain containers only); the network class comes from
+        facediff's registry (`facediff.models.registry.MODELS`), built from checked plain
+        hyper-parameters; the schedule from checked plain values; class names must be plain
+        file names (no '/', '\\', NUL, leading '.'). Anything else raises a CheckpointError
+        saying what was refused and what to do, before any network is built.
+        """
         ckpt = load_checkpoint(path)
         hp = ckpt["hyper_parameters"]
-        net = instantiate(
-            hp["model"], image_size=hp["image_size"], num_classes=len(hp["class_names"])
-        )
+        try:
+            class_names = check_names(hp.get("class_names") or [], "Class name")
+            diffusion = check_plain(hp.get("diffusion"), "diffusion", mappings=True)
+            image_size = hp.get("image_size")
+            if not class_names or not isinstance(image_size, int) or isinstance(image_size, bool):
+                raise UnsafeValueError("it lacks class_names or an integer image_size")
+            if not isinstance(diffusion, dict):
+                raise UnsafeValueError("its diffusion config is not a mapping")
+            net = build_model(hp.get("model"), image_size, len(class_names))
+            schedule = NoiseSchedule(**diffusion)
+        except (ValueError, TypeError) as err:  # UnsafeValueError, or values the classes refuse
+            raise CheckpointError(
+                f"Refusing checkpoint {path}: {err} Only checkpoints written by facediff's "
+                "train.py load; retrain, or fix the config stored in the file."
+            ) from err
         weights = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         try:
             net.load_state_dict(weights)
@@ -86,9 +106,7 @@ class Generator:
             "global_step": ckpt.get("global_step"),
             "data": hp.get("data"),  # the training run's data config (evaluate.py rebuilds it)
         }
-        return cls(
-            net, NoiseSchedule(**hp["diffusion"]), hp["class_names"], hp["image_size"], device, meta
-        )
+        return cls(net, schedule, class_names, image_size, device, meta)
 
     @property
     def num_steps(self) -> int:

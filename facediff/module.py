@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 
 from facediff.diffusion.objective import diffusion_loss, drop_labels
 from facediff.diffusion.schedule import NoiseSchedule
+from facediff.models.registry import build_model
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 CHECKPOINT_FORMAT = 1
 
@@ -28,11 +31,14 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 class DiffusionModule(L.LightningModule):
     """Class-conditional DDPM training.
 
-    All arguments are plain containers (they are saved into every checkpoint, which is then
-    enough to rebuild the model for sampling):
-        model: the network's config, a dict with `_target_` (see conf/model/).
+    All arguments but `optimizer` are plain containers (they are saved into every checkpoint,
+    which is then enough to rebuild the model for sampling):
+        model: the network's config, `{name: <key of facediff.models.registry.MODELS>, ...}`
+            (see conf/model/); the network is built through the registry, never by importing
+            a name, so `load_from_checkpoint` on a crafted file cannot call code.
         diffusion: keyword arguments of `NoiseSchedule` (see conf/diffusion/).
-        optim: `optimizer` (a partial `_target_` config) and `scheduler` (warm-up and cosine).
+        optim: the optimizer config as composed (kept as a record) and `scheduler` (warm-up
+            and cosine; plain numbers, used).
         class_names: the names of the conditioning classes, in label order.
         image_size: the side of the square training images.
         p_uncond: per-sample probability of dropping the label (classifier-free guidance).
@@ -40,6 +46,9 @@ class DiffusionModule(L.LightningModule):
         val_seed: seed of the fixed validation noise.
         data: the run's data config (unused in training; evaluate.py rebuilds the data from it,
             so that it scores the model against the test split the model never saw).
+        optimizer: params -> optimizer, built by train.py from the composed config (conf/).
+            Not a hyper-parameter: it is never saved, so a module rebuilt from a checkpoint's
+            stored hparams has none and cannot train until one is given.
     """
 
     def __init__(
@@ -53,13 +62,15 @@ class DiffusionModule(L.LightningModule):
         val_timesteps: int = 10,
         val_seed: int = 0,
         data: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"module.p_uncond must be in [0, 1), got {p_uncond}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
         self.class_names = list(class_names)
-        self.net = instantiate(model, image_size=image_size, num_classes=len(class_names))
+        self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
         self.schedule = NoiseSchedule(**diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
@@ -94,9 +105,14 @@ class DiffusionModule(L.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.hparams.optim
-        optimizer = instantiate(optim["optimizer"])(self.parameters())
-        sched = optim["scheduler"]
+        if self.optimizer_factory is None:
+            raise RuntimeError(
+                "This DiffusionModule has no optimizer: modules rebuilt from a checkpoint's "
+                "stored hyper-parameters never build one from them (a checkpoint must not choose "
+                "code). Train with train.py (ckpt_path=... to resume), or pass optimizer=."
+            )
+        optimizer = self.optimizer_factory(self.parameters())
+        sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
             warmup_steps=sched["warmup_steps"],

@@ -1,6 +1,13 @@
 """`run(cfg)`: what sample.py does with a composed conf/sample.yaml.
 
 Everything is checked (checkpoint, class names, steps, blend) before any image is generated.
+
+Files are written only inside `out`: class folders `out/<class>/`, the blend's `out/blend/`,
+and the figures `out/grid.png`, `sweep.png`, `denoising.png|gif`, `attention_<class>.png`,
+`samples.json`. Class names are single plain names (checked when the checkpoint loads), and a
+class named like one of these outputs (`blend`, `grid`, `samples`, `sweep`, `denoising`,
+`attention...`, with or without extension) is refused before any work, so that no class's
+files can overwrite another output.
 """
 
 from __future__ import annotations
@@ -17,8 +24,24 @@ from torchvision.utils import save_image
 
 from facediff import figures, visualize
 from facediff.generator import Generator
+from facediff.untrusted import UnsafeValueError, inside
 
 log = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("blend", "grid", "samples", "sweep", "denoising")  # stems of what run() writes
+
+
+def check_class_names(names: list[str]) -> None:
+    """Refuse class names that would share a path with another output of sample.py."""
+    clashes = [
+        n for n in names if n.split(".")[0] in OUTPUT_NAMES or n.lower().startswith("attention")
+    ]
+    if clashes:
+        raise UnsafeValueError(
+            f"Class name(s) {clashes} clash with sample.py's own outputs ({list(OUTPUT_NAMES)}, "
+            "attention_*): their folders would overwrite or mix with those files. Sample them "
+            "from Python (facediff.generator.Generator), or retrain with other class names."
+        )
 
 
 def check_config(cfg: DictConfig, gen: Generator) -> None:
@@ -26,6 +49,7 @@ def check_config(cfg: DictConfig, gen: Generator) -> None:
     gen.check_settings(cfg.sampler, int(cfg.steps))
     for name in cfg.classes or []:
         gen.class_id(name)
+    check_class_names(list(cfg.classes or gen.class_names))
     if cfg.n_per_class < 1 or cfg.batch_size < 1:
         raise ValueError("n_per_class and batch_size must be >= 1.")
     if cfg.blend is not None:
@@ -75,9 +99,10 @@ def write_samples(gen: Generator, cfg: DictConfig, out: Path, progress: Progress
         rows.append(blended)
         grid_labels.append(blend_labels[0])
     for name, row in zip(names, rows, strict=True):
-        (out / name).mkdir(parents=True, exist_ok=True)
+        folder = inside(out, name)  # class names were checked; this checks the joined path too
+        folder.mkdir(parents=True, exist_ok=True)
         for k, image in enumerate(row):
-            save_image(image, out / name / f"{k:04d}.png")
+            save_image(image, folder / f"{k:04d}.png")
             files.append({"file": f"{name}/{k:04d}.png", "class": name})
     figures.labelled_grid(rows, grid_labels, scale=cfg.grid_scale).save(out / "grid.png")
     return {"files": files, "blend": OmegaConf.to_container(cfg.blend) if cfg.blend else None}
@@ -119,7 +144,7 @@ def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
         **settings(cfg),
     )
     for name, fig in figs.items():
-        fig.save(out / f"attention_{name}.png")
+        fig.save(inside(out, f"attention_{name}.png"))
 
 
 def run(cfg: DictConfig) -> Path:

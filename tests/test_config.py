@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
+from facediff.models.registry import build_model
 from facediff.training import resolve_precision
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -44,7 +44,7 @@ def test_defaults_reproduce_the_original_recipe(compose_cfg):
 )
 def test_model_configs_build(compose_cfg, model, size, lo, hi):
     cfg = compose_cfg(f"model={model}")
-    net = instantiate(cfg.model, image_size=size, num_classes=3)
+    net = build_model(cfg.model, image_size=size, num_classes=3)
     assert lo < sum(p.numel() for p in net.parameters()) < hi
     has_attention = bool(net.attention_layers())
     assert has_attention == (model != "unet")

@@ -24,6 +24,7 @@ from facediff.data.sources import Listing, check_layout, check_root, list_labell
 from facediff.data.splits import SPLIT_NAMES, check_fractions, split_indices
 from facediff.data.transforms import Augment, build_eval_transform, build_train_transform
 from facediff.data.utkface import ClassSelector
+from facediff.untrusted import check_names
 
 log = logging.getLogger("facediff.data")
 
@@ -96,7 +97,9 @@ class FaceDataModule(L.LightningDataModule):
         self.cache_dir = Path(str(cache_dir)).expanduser()
         self.augment = Augment.from_config(to_plain(augment))
         self.demo = self._check_demo(to_plain(demo))
-        self._class_names = self._configured_class_names()
+        configured = self._configured_class_names()
+        # Class names become file names (sample folders, figure names): one plain name each.
+        self._class_names = None if configured is None else check_names(configured, "Class name")
         if self.demo is not None:
             self.classes = self._class_names  # demo order (glasses, hat, beard), not sorted
         self.index: ImageIndex | None = None  # decoded files; dataset rows index into it
@@ -146,7 +149,7 @@ class FaceDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order."""
         if self._class_names is None:
-            self._class_names = list_class_folders(check_root(self.root))
+            self._class_names = check_names(list_class_folders(check_root(self.root)), "Class name")
         return list(self._class_names)
 
     @property
@@ -192,7 +195,7 @@ class FaceDataModule(L.LightningDataModule):
                 f"{self._class_names} became {listing.class_names}. Fix: restart the run, or "
                 "list the classes explicitly in `classes`."
             )
-        self._class_names = listing.class_names
+        self._class_names = check_names(listing.class_names, "Class name")
         index = self.index = self._index(listing)
         label_of = dict(zip(listing.relpaths, listing.labels, strict=True))
         labels = [label_of[p] for p in index.relpaths]
