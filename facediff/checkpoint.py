@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from facediff.models.registry import normalise_model_config
-from facediff.module import CHECKPOINT_FORMAT
 from facediff.untrusted import UnsafeValueError
+
+# Written into every checkpoint by DiffusionModule.on_save_checkpoint, checked on every load.
+CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):

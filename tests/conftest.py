@@ -165,7 +165,7 @@ def tiny_cfg(compose_cfg, demo_cache: Path) -> Callable[..., object]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.ckpt of a 2-epoch tiny demo run (with EMA), shared by the sampling tests."""
-    from facediff.training import run
+    from facediff.lightning.training import run
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     run(

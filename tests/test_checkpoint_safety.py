@@ -16,11 +16,11 @@ from hydra.utils import instantiate
 
 from facediff.checkpoint import CheckpointError, check_resumable
 from facediff.data.build import build_datamodule
-from facediff.evaluate_job import run as evaluate
-from facediff.generator import Generator
+from facediff.inference.generator import Generator
+from facediff.jobs.evaluate import run as evaluate
+from facediff.jobs.sample import run as sample
+from facediff.lightning.module import DiffusionModule
 from facediff.models.registry import build_model
-from facediff.module import DiffusionModule
-from facediff.sample_job import run as sample
 from facediff.untrusted import UnsafeValueError, check_name, inside
 
 ROOT = Path(__file__).parents[1]

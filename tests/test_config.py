@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from facediff.lightning.training import resolve_precision
 from facediff.models.registry import build_model
-from facediff.training import resolve_precision
 
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ["data", "model", "diffusion", "trainer", "callbacks", "logger", "experiment", "debug"]

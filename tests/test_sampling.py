@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from facediff.checkpoint import CheckpointError
-from facediff.generator import Generator
-from facediff.sample_job import run
+from facediff.inference.generator import Generator
+from facediff.jobs.sample import run
 
 ROOT = Path(__file__).parents[1]
 CLASSES = ["glasses", "hat", "beard"]

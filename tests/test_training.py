@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from facediff.checkpoint import CheckpointError, check_resumable, load_checkpoint
-from facediff.training import run
+from facediff.lightning.training import run
 
 ROOT = Path(__file__).parents[1]
 

@@ -14,12 +14,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from facediff.data.balanced_sampler import BalancedSampler
 from facediff.data.dataset import FaceDataset
 from facediff.data.demo import DEMO_CLASSES, demo_is_complete, write_demo_dataset
 from facediff.data.duplicates import DuplicateResult, resolve_duplicates
 from facediff.data.folder import list_class_folders
 from facediff.data.index import ImageIndex, build_index
-from facediff.data.sampling import BalancedSampler
 from facediff.data.sources import Listing, check_layout, check_root, list_labelled_files
 from facediff.data.splits import SPLIT_NAMES, check_fractions, split_indices
 from facediff.data.transforms import Augment, build_eval_transform, build_train_transform

@@ -1,6 +1,6 @@
 """Sampling from a trained checkpoint from Python, without Hydra or Lightning.
 
-    from facediff.generator import Generator
+    from facediff.inference.generator import Generator
     gen = Generator.from_checkpoint("outputs/train/<date>/checkpoints/last.ckpt")
     images, labels = gen.sample(classes=["indian"], n_per_class=4, steps=25, guidance=3.0, seed=0)
 

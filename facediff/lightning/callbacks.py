@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from facediff import figures, visualize
-from facediff.generator import Generator
+from facediff import tensor_figures as figures
+from facediff.inference import model_figures
+from facediff.inference.generator import Generator
 from facediff.untrusted import inside
 
 log = logging.getLogger(__name__)
@@ -129,13 +130,13 @@ class SampleGrid(EMAValidationCallback):
         figures.labelled_grid(rows, names, scale=scale).save(out_dir / f"{name}.png")
         logged = {"samples": ([make_grid(r, nrow=self.n_per_class) for r in rows], names)}
         if self.denoising_frames:
-            strip, _ = visualize.denoising_strip(
+            strip, _ = model_figures.denoising_strip(
                 gen, names, self.denoising_frames, scale=scale, **self.sampling
             )
             strip.save(out_dir / f"{name}-denoising.png")
             logged["denoising"] = ([strip], ["x_t and predicted x_0 per class"])
         if self.attention and gen.net.attention_layers():
-            figs = visualize.attention_figures(gen, names, scale=scale, **self.sampling)
+            figs = model_figures.attention_figures(gen, names, scale=scale, **self.sampling)
             for cls, fig in figs.items():
                 fig.save(inside(out_dir, f"{name}-attention-{cls}.png"))
             logged["attention"] = (list(figs.values()), list(figs))

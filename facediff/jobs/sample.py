@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torchvision.utils import save_image
 
-from facediff import figures, visualize
-from facediff.generator import Generator
+from facediff import tensor_figures as figures
+from facediff.inference import model_figures
+from facediff.inference.generator import Generator
 from facediff.untrusted import UnsafeValueError, inside
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def check_class_names(names: list[str]) -> None:
         raise UnsafeValueError(
             f"Class name(s) {clashes} clash with sample.py's own outputs ({list(OUTPUT_NAMES)}, "
             "attention_*): their folders would overwrite or mix with those files. Sample them "
-            "from Python (facediff.generator.Generator), or retrain with other class names."
+            "from Python (facediff.inference.generator.Generator), or rename the classes."
         )
 
 
@@ -124,7 +125,7 @@ def write_sweep(gen: Generator, cfg: DictConfig, out: Path) -> None:
 def write_denoising(gen: Generator, cfg: DictConfig, out: Path) -> None:
     names = list(cfg.classes or gen.class_names)
     n_frames = int(cfg.denoising.get("n_frames", 10))
-    strip, frames = visualize.denoising_strip(
+    strip, frames = model_figures.denoising_strip(
         gen, names, n_frames, scale=cfg.grid_scale, **settings(cfg)
     )
     strip.save(out / "denoising.png")
@@ -134,11 +135,11 @@ def write_denoising(gen: Generator, cfg: DictConfig, out: Path) -> None:
 def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
     att = cfg.attention
     names = list(cfg.classes or gen.class_names)
-    figs = visualize.attention_figures(
+    figs = model_figures.attention_figures(
         gen,
         names,
         layers=att.get("layers"),
-        queries=att.get("queries") or visualize.DEFAULT_QUERIES,
+        queries=att.get("queries") or model_figures.DEFAULT_QUERIES,
         heads=list(att.heads) if att.get("heads") is not None else None,
         scale=cfg.grid_scale,
         **settings(cfg),

@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
 from facediff.data.build import build_datamodule
-from facediff.loggers import build_logger, config_for_logging, finish_loggers
-from facediff.module import DiffusionModule
+from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
+from facediff.lightning.module import DiffusionModule
 
 log = logging.getLogger(__name__)
 

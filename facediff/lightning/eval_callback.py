@@ -21,10 +21,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from facediff.callbacks import EMAValidationCallback, module_generator
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
+from facediff.lightning.callbacks import EMAValidationCallback, module_generator
 
 log = logging.getLogger(__name__)
 

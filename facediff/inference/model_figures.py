@@ -1,6 +1,6 @@
 """Figures that need a model: progressive denoising and attention maps, from a `Generator`.
 
-sample.py and the training callback both call these; `facediff.figures` turns tensors into
+sample.py and the training callback both call these; `facediff.tensor_figures` turns tensors into
 pictures and knows nothing of models.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from facediff import figures
-from facediff.generator import Generator
+from facediff import tensor_figures as figures
+from facediff.inference.generator import Generator
 
 DEFAULT_QUERIES = ((0.35, 0.35), (0.35, 0.65), (0.75, 0.5))  # (y, x): two eyes and the mouth
 

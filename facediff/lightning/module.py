@@ -11,13 +11,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from facediff.checkpoint import CHECKPOINT_FORMAT
 from facediff.diffusion.objective import diffusion_loss, drop_labels
 from facediff.diffusion.schedule import NoiseSchedule
 from facediff.models.registry import build_model
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
-
-CHECKPOINT_FORMAT = 1
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

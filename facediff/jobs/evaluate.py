@@ -35,8 +35,8 @@ from facediff.evaluation.features import (
     inception_space,
 )
 from facediff.evaluation.images import iter_images
-from facediff.generator import Generator, resolve_device
-from facediff.loggers import build_logger, finish_loggers
+from facediff.inference.generator import Generator, resolve_device
+from facediff.lightning.loggers import build_logger, finish_loggers
 from facediff.untrusted import UnsafeValueError
 
 log = logging.getLogger(__name__)
