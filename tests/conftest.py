@@ -145,7 +145,7 @@ TINY = (
     "trainer.enable_progress_bar=false",
     "callbacks.model_summary=null",
     "callbacks.ema.start_step=0",
-    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.sampling.steps=3",
     "callbacks.sample_grid.n_per_class=2",
     "callbacks.eval_metrics=null",
 )

@@ -55,6 +55,7 @@ def craft(ckpt_path: Path, out: Path, edit) -> Path:
     ckpt = copy.deepcopy(ckpt)
     edit(ckpt["hyper_parameters"])
     ckpt["facediff"]["class_names"] = ckpt["hyper_parameters"]["class_names"]
+    ckpt["facediff"]["model"] = ckpt["hyper_parameters"]["model"]  # what sampling rebuilds
     torch.save(ckpt, out)
     return out
 

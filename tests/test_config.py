@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from facediff.lightning.training import resolve_precision
+from facediff.data.build import build_datamodule
+from facediff.lightning.training import build_trainer, resolve_precision
 from facediff.models.registry import build_model
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -21,10 +23,34 @@ def options(group: str) -> list[str]:
     [f"{g}={o}" for g in GROUPS for o in options(g)]
     + [f"data/labels={o}" for o in options("data/labels")],
 )
-def test_every_group_option_composes(compose_cfg, override):
-    cfg = compose_cfg(override)
+def test_every_group_option_composes(compose_cfg, override, monkeypatch):
+    """Each option composes, and its trainer, logger and callbacks instantiate (as train.py
+    builds them), its data module and network build."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    no_gpu = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
+    if override in ("trainer=gpu", "trainer=ddp") and no_gpu:
+        no_gpu.append("trainer.devices=2" if override == "trainer=ddp" else "trainer.devices=1")
+    else:
+        no_gpu = []
+    cfg = compose_cfg(override, *no_gpu)
     assert cfg.paths.output_dir  # resolves outside @hydra.main too (tests set it)
     assert cfg.data.image_size > 0 and cfg.trainer.max_epochs != 0
+    trainer = build_trainer(cfg)
+    expected = [k for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    ours = [
+        c for c in trainer.callbacks if type(c).__module__.startswith(("facediff", "lightning"))
+    ]
+    assert len(expected) <= len(ours)
+    targets = {c["_target_"].rsplit(".", 1)[1] for c in (cfg.get("callbacks") or {}).values() if c}
+    assert targets <= {type(c).__name__ for c in trainer.callbacks}
+    if cfg.get("logger") is None:
+        assert trainer.loggers == []
+    else:
+        assert type(trainer.logger).__name__ == cfg.logger._target_.rsplit(".", 1)[1]
+    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    assert dm.image_size == cfg.data.image_size
+    build_model(cfg.model, image_size=cfg.data.image_size, num_classes=3)
 
 
 def test_defaults_reproduce_the_original_recipe(compose_cfg):

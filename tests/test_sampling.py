@@ -99,6 +99,7 @@ def test_bad_checkpoints(tiny_checkpoint, tmp_path):
         Generator.from_checkpoint(foreign)
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     ckpt["hyper_parameters"]["model"]["base_channels"] = 48  # weights of another model
+    ckpt["facediff"]["model"]["base_channels"] = 48  # (the full config sampling rebuilds from)
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="do not fit the model"):

@@ -14,35 +14,31 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
 from facediff.checkpoint import CheckpointError
 from facediff.data.build import build_datamodule
+from facediff.data.datamodule import FaceDataModule
+from facediff.diffusion.settings import SamplingSettings
 from facediff.evaluation import metrics, report
-from facediff.evaluation.classifier import FaceClassifier, cache_key, classifier_for
+from facediff.evaluation.classifier import classifier_for
 from facediff.evaluation.features import (
-    FeatureSpace,
-    cached,
     check_inception_weights,
     classifier_space,
-    embed,
     inception_space,
 )
-from facediff.evaluation.images import iter_images
 from facediff.inference.generator import Generator, resolve_device
+from facediff.jobs.scoring import Scorer, real_features
 from facediff.lightning.loggers import build_logger, finish_loggers
 from facediff.untrusted import UnsafeValueError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("evaluate", "train_classifier")
-SAMPLING_KEYS = ("sampler", "steps", "guidance", "eta", "seed", "batch_size")
 
 
 def data_config(saved: dict[str, Any] | None, overrides: dict[str, Any], image_size: int) -> dict:
@@ -56,81 +52,34 @@ def data_config(saved: dict[str, Any] | None, overrides: dict[str, Any], image_s
     return {**merged, "image_size": image_size}
 
 
-def check_config(cfg: DictConfig, gen: Generator) -> list[dict[str, Any]]:
-    """Fail fast, before any data is read or sample drawn; returns the sweep points."""
+def check_config(
+    cfg: DictConfig, gen: Generator
+) -> tuple[SamplingSettings, list[SamplingSettings]]:
+    """Fail fast, before any data is read or sample drawn; returns the main sampling settings
+    and those of the sweep points (each a change of the main ones)."""
     if cfg.task not in TASKS:
         raise ValueError(f"Unknown task={cfg.task!r}; choose one of {TASKS}.")
     if cfg.n_per_class < 2:
         raise ValueError("n_per_class must be >= 2 (FID and KID need two samples per class).")
-    gen.check_settings(cfg.sampler, int(cfg.steps))
+    settings = SamplingSettings.from_config(cfg, num_steps=gen.num_steps)
     if cfg.features.inception_weights:
         check_inception_weights(cfg.features.inception_weights)
+    T = gen.num_steps
     points = [
-        {**sampling(cfg), "sampler": p.sampler, "steps": int(p.steps)}
+        SamplingSettings.from_config({"sampler": p.sampler, "steps": p.steps}, settings, T)
         for p in cfg.sweep.samplers or []
-    ] + [{**sampling(cfg), "guidance": float(w)} for w in cfg.sweep.guidance or []]
-    for point in points:
-        gen.check_settings(point["sampler"], point["steps"])
-    return points
+    ] + [
+        SamplingSettings.from_config({"guidance": float(w)}, settings, T)
+        for w in cfg.sweep.guidance or []
+    ]
+    return settings, points
 
 
-def sampling(cfg: DictConfig) -> dict[str, Any]:
-    return {k: cfg[k] for k in SAMPLING_KEYS}
-
-
-def real_features(
-    dm: Any, clf: FaceClassifier, clf_key: str, space: FeatureSpace, cache_dir: Path
-) -> dict[str, Tensor]:
-    """Classifier logits, features and labels of the real test split, and features of the real
-    training split; cached per data content, image size, classifier and feature space."""
-    key = cache_key(
-        {
-            "space": space.name,
-            "classifier": clf_key,
-            "size": dm.image_size,
-            "test": dm.split_digest("test"),
-            "train": dm.split_digest("train"),
-        }
-    )
-
-    def compute() -> dict[str, Tensor]:
-        out: dict[str, list[Tensor]] = {"test_logits": [], "test_features": [], "test_labels": []}
-        for images, labels in iter_images(dm.eval_dataset("test")):
-            logits, features = embed(clf, space, images)
-            out["test_logits"].append(logits)
-            out["test_features"].append(features)
-            out["test_labels"].append(labels)
-        out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"))]
-        return {name: torch.cat(parts) for name, parts in out.items()}
-
-    return cached(cache_dir / "features" / f"real-{key}.pt", compute)
-
-
-def generate(
-    gen: Generator, clf: FaceClassifier, space: FeatureSpace, n_per_class: int, settings: dict
-) -> dict[str, Any]:
-    """Samples of every class with their classifier logits and features, and the time taken."""
-    start = time.perf_counter()
-    images, names = gen.sample(n_per_class=n_per_class, **settings)
-    seconds = time.perf_counter() - start
-    labels = torch.tensor([gen.class_id(n) for n in names])
-    logits, features = embed(clf, space, images)
-    return {
-        "images": images,
-        "labels": labels,
-        "logits": logits,
-        "features": features,
-        "seconds_per_image": seconds / len(labels),
-    }
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate (or only train the classifier); returns what was written to metrics.json."""
-    device = resolve_device(cfg.device)
-    gen = Generator.from_checkpoint(cfg.ckpt, device=device)
-    points = check_config(cfg, gen)
+def build_data(cfg: DictConfig, gen: Generator) -> FaceDataModule:
+    """The training run's data (its config from the checkpoint, `data.*` overrides applied),
+    set up; facediff's own FaceDataModule from checked plain values, never a stored _target_."""
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
-    try:  # facediff's own FaceDataModule from checked plain values, never a stored _target_
+    try:
         dm = build_datamodule(data_config(gen.meta.get("data"), overrides, gen.image_size))
     except UnsafeValueError as err:
         raise CheckpointError(
@@ -143,6 +92,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     dm.prepare_data()
     dm.setup("fit")
+    return dm
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate (or only train the classifier); returns what was written to metrics.json."""
+    device = resolve_device(cfg.device)
+    gen = Generator.from_checkpoint(cfg.ckpt, device=device)
+    settings, points = check_config(cfg, gen)
+    dm = build_data(cfg, gen)
     cache_dir = Path(cfg.paths.cache_dir)
     clf, clf_meta = classifier_for(dm, cache_dir, device=device, **cfg.classifier)
     out = Path(cfg.out)
@@ -160,41 +118,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         threshold = metrics.memorisation_threshold(
             real["test_features"], real["train_features"], cfg.memorisation.quantile
         )
+    score = Scorer(gen, clf, space, real, float(threshold), cfg.kid.subsets, cfg.kid.subset_size,
+                   cfg.batch_size)  # fmt: skip
 
-    def evaluate(n_per_class: int, settings: dict) -> tuple[dict, dict]:
-        log.info("Sampling %d per class: %s", n_per_class, settings)
-        fake = generate(gen, clf, space, n_per_class, settings)
-        fake["nn_distances"], fake["nn_indices"] = metrics.nearest(
-            fake["features"], real["train_features"]
-        )
-        result = metrics.group_metrics(
-            fake_logits=fake["logits"],
-            fake_features=fake["features"],
-            fake_labels=fake["labels"],
-            real_logits=real["test_logits"],
-            real_features=real["test_features"],
-            real_labels=real["test_labels"],
-            nn_distances=fake["nn_distances"],
-            class_names=gen.class_names,
-            threshold=float(threshold),
-            kid_subsets=cfg.kid.subsets,
-            kid_subset_size=cfg.kid.subset_size,
-        )
-        result["seconds_per_image"] = fake["seconds_per_image"]
-        log.info("  class consistency %.3f, FID %.3f (%.2f s/image)", result["class_consistency"],
-                 result["fid"], fake["seconds_per_image"])  # fmt: skip
-        return result, fake
+    def record(s: SamplingSettings) -> dict[str, Any]:  # as metrics.json lists settings
+        return {**s.to_dict(), "batch_size": cfg.batch_size}
 
-    result, fake = evaluate(cfg.n_per_class, sampling(cfg))
+    result, fake = score(cfg.n_per_class, settings)
     result.update(
         feature_extractor=space.name,
         checkpoint={"path": str(cfg.ckpt), "global_step": gen.meta.get("global_step")},
-        sampling=sampling(cfg),
+        sampling=record(settings),
         classifier=clf_meta,
-        sweep=[
-            {**point, **_headline(evaluate(cfg.sweep.n_per_class, point)[0])} for point in points
-        ],
+        sweep=[{**record(p), **score.headline(cfg.sweep.n_per_class, p)} for p in points],
     )
+    figures = write_outputs(cfg, out, result, fake, real, dm, gen.class_names)
+    log_to_loggers(cfg, result, figures)
+    log.info("Wrote %s/metrics.json and %s/report.md", out, out)
+    return result
+
+
+def write_outputs(
+    cfg: DictConfig,
+    out: Path,
+    result: dict[str, Any],
+    fake: dict[str, Any],
+    real: dict[str, Any],
+    dm: FaceDataModule,
+    class_names: list[str],
+) -> dict[str, Path]:
+    """metrics.json, report.md, the figures and samples.pt; returns the figures' paths."""
     train_set = dm.eval_dataset("train")
     pairs = report.closest_pairs(
         fake["images"],
@@ -203,20 +156,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lambda i: train_set[i][0].add(1).div(2),
         cfg.memorisation.n_pairs,
     )
-    figures = report.write_report(
-        out, result, gen.class_names, fake["images"], fake["labels"], pairs
-    )
+    figures = report.write_report(out, result, class_names, fake["images"], fake["labels"], pairs)
     keep = ("labels", "logits", "features", "nn_distances", "nn_indices")
     real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
     torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
-    log_to_loggers(cfg, result, figures)
-    log.info("Wrote %s/metrics.json and %s/report.md", out, out)
-    return result
-
-
-def _headline(result: dict) -> dict:
-    keys = ("class_consistency", "consistency_ratio", "fid", "kid_mean", "kid_std")
-    return {k: result[k] for k in (*keys, "seconds_per_image")}
+    return figures
 
 
 def log_to_loggers(cfg: DictConfig, result: dict, figures: dict[str, Path]) -> None:

@@ -23,6 +23,7 @@ from rich.progress import Progress
 from torchvision.utils import save_image
 
 from facediff import tensor_figures as figures
+from facediff.diffusion.settings import SamplingSettings
 from facediff.inference import model_figures
 from facediff.inference.generator import Generator
 from facediff.untrusted import UnsafeValueError, inside
@@ -45,9 +46,9 @@ def check_class_names(names: list[str]) -> None:
         )
 
 
-def check_config(cfg: DictConfig, gen: Generator) -> None:
-    """Fail fast, naming the setting, before any work is done."""
-    gen.check_settings(cfg.sampler, int(cfg.steps))
+def check_config(cfg: DictConfig, gen: Generator) -> SamplingSettings:
+    """Fail fast, naming the setting, before any work is done; returns the sampling settings."""
+    settings = SamplingSettings.from_config(cfg, num_steps=gen.num_steps)
     for name in cfg.classes or []:
         gen.class_id(name)
     check_class_names(list(cfg.classes or gen.class_names))
@@ -65,36 +66,33 @@ def check_config(cfg: DictConfig, gen: Generator) -> None:
         unknown = [name for name in cfg.attention.get("layers") or [] if name not in known]
         if unknown:
             raise ValueError(f"Unknown attention layers {unknown}; this model has {list(known)}.")
+    return settings
 
 
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    keys = ("sampler", "steps", "guidance", "eta", "seed", "batch_size")
-    return {k: cfg[k] for k in keys}
-
-
-def step_bar(progress: Progress, label: str, n_images: int, cfg: DictConfig) -> Any:
+def step_bar(progress: Progress, label: str, n_images: int, batch_size: int, steps: int) -> Any:
     """An `on_step` callback that advances a progress bar by one denoising step."""
-    task = progress.add_task(label, total=math.ceil(n_images / cfg.batch_size) * cfg.steps)
+    task = progress.add_task(label, total=math.ceil(n_images / batch_size) * steps)
     return lambda t, x_t, x0: progress.advance(task)
 
 
-def write_samples(gen: Generator, cfg: DictConfig, out: Path, progress: Progress) -> dict:
+def write_samples(
+    gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path, progress: Progress
+) -> dict:
     """Per-class images, grid.png and the records for samples.json."""
     names = list(cfg.classes or gen.class_names)
-    bar = step_bar(progress, "sampling steps", len(names) * cfg.n_per_class, cfg)
-    images, labels = gen.sample(names, cfg.n_per_class, on_step=bar, **settings(cfg))
+    run = {"settings": settings, "batch_size": cfg.batch_size}
+    n_images = len(names) * cfg.n_per_class
+    bar = step_bar(progress, "sampling steps", n_images, cfg.batch_size, settings.steps)
+    images, labels = gen.sample(names, cfg.n_per_class, on_step=bar, **run)
     rows, grid_labels, files = [], [], []
     for name in names:
         picked = [i for i, label in enumerate(labels) if label == name]
         rows.append(images[picked])
         grid_labels.append(name)
     if cfg.blend is not None:
-        bar = step_bar(progress, "blend steps", cfg.n_per_class, cfg)
+        bar = step_bar(progress, "blend steps", cfg.n_per_class, cfg.batch_size, settings.steps)
         blended, blend_labels = gen.sample(
-            n_per_class=cfg.n_per_class,
-            blend=cfg.blend,
-            on_step=bar,
-            **settings(cfg),
+            n_per_class=cfg.n_per_class, blend=cfg.blend, on_step=bar, **run
         )
         names.append("blend")
         rows.append(blended)
@@ -109,9 +107,11 @@ def write_samples(gen: Generator, cfg: DictConfig, out: Path, progress: Progress
     return {"files": files, "blend": OmegaConf.to_container(cfg.blend) if cfg.blend else None}
 
 
-def write_sweep(gen: Generator, cfg: DictConfig, out: Path) -> None:
+def write_sweep(gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path) -> None:
     sw = cfg.sweep
-    images, alphas = gen.blend_sweep(sw.start, sw.end, sw.n_steps, sw.n_seeds, **settings(cfg))
+    images, alphas = gen.blend_sweep(
+        sw.start, sw.end, sw.n_steps, sw.n_seeds, settings=settings, batch_size=cfg.batch_size
+    )
     headers = [f"{sw.end} {a:.2f}" for a in alphas]
     grid = figures.labelled_grid(
         list(images),
@@ -122,27 +122,27 @@ def write_sweep(gen: Generator, cfg: DictConfig, out: Path) -> None:
     grid.save(out / "sweep.png")
 
 
-def write_denoising(gen: Generator, cfg: DictConfig, out: Path) -> None:
+def write_denoising(gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path) -> None:
     names = list(cfg.classes or gen.class_names)
     n_frames = int(cfg.denoising.get("n_frames", 10))
     strip, frames = model_figures.denoising_strip(
-        gen, names, n_frames, scale=cfg.grid_scale, **settings(cfg)
+        gen, names, settings, n_frames, scale=cfg.grid_scale
     )
     strip.save(out / "denoising.png")
     figures.denoising_gif(frames, names, out / "denoising.gif", scale=cfg.grid_scale)
 
 
-def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
+def write_attention(gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path) -> None:
     att = cfg.attention
     names = list(cfg.classes or gen.class_names)
     figs = model_figures.attention_figures(
         gen,
         names,
+        settings,
         layers=att.get("layers"),
         queries=att.get("queries") or model_figures.DEFAULT_QUERIES,
         heads=list(att.heads) if att.get("heads") is not None else None,
         scale=cfg.grid_scale,
-        **settings(cfg),
     )
     for name, fig in figs.items():
         fig.save(inside(out, f"attention_{name}.png"))
@@ -151,20 +151,21 @@ def write_attention(gen: Generator, cfg: DictConfig, out: Path) -> None:
 def run(cfg: DictConfig) -> Path:
     """Sample as configured; return the output folder."""
     gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
-    check_config(cfg, gen)
+    settings = check_config(cfg, gen)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with Progress() as progress:
-        record = write_samples(gen, cfg, out, progress)
+        record = write_samples(gen, cfg, settings, out, progress)
     if cfg.sweep is not None:
-        write_sweep(gen, cfg, out)
+        write_sweep(gen, cfg, settings, out)
     if cfg.denoising is not None:
-        write_denoising(gen, cfg, out)
+        write_denoising(gen, cfg, settings, out)
     if cfg.attention is not None:
-        write_attention(gen, cfg, out)
+        write_attention(gen, cfg, settings, out)
     meta = {
         **gen.meta,
-        **settings(cfg),
+        **settings.to_dict(),
+        "batch_size": cfg.batch_size,
         "image_size": gen.image_size,
         "class_names": gen.class_names,
         **record,
