@@ -13,6 +13,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from facediff.data.datamodule import FaceDataModule
 from facediff.untrusted import UnsafeValueError, check_plain
 
@@ -26,6 +28,8 @@ def datamodule_parameters() -> list[str]:
 
 def check_data_config(config: Mapping[str, Any], where: str = "data") -> dict[str, Any]:
     """The keyword arguments of `FaceDataModule` a data config describes, checked."""
+    if isinstance(config, DictConfig):  # a composed config: plain containers, resolved
+        config = OmegaConf.to_container(config, resolve=True)
     if not isinstance(config, Mapping):
         raise UnsafeValueError(f"{where} must be a mapping, got {config!r}.")
     target = config.get("_target_")
