@@ -15,6 +15,7 @@ callbacks use this class.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,9 @@ class Generator:
         self, settings: SamplingSettings | None = None, **changes: Any
     ) -> SamplingSettings:
         """`settings` (None: conf/sampling/default.yaml's) with `changes`, checked against T."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(SamplingSettings)})
+        if unknown:
+            raise TypeError(f"Unknown sampling settings {unknown}; see SamplingSettings.")
         base = SamplingSettings.defaults() if settings is None else settings
         return SamplingSettings.from_config(changes, base, num_steps=self.num_steps)
 
