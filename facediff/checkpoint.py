@@ -8,6 +8,7 @@ sampling, evaluation and resume alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         return upgrade_checkpoint(ckpt)
-    except UnsafeValueError as err:
+    except (UnsafeValueError, TypeError) as err:
         raise CheckpointError(f"Refusing checkpoint {path}: {err}") from err
 
 
@@ -64,11 +65,12 @@ def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     meta = ckpt["facediff"]
     if meta.get("format") != 1:
         return ckpt
-    hp = ckpt["hyper_parameters"]
-    if model_key(hp["model"]) == "unet":  # format 1 had no other network
-        default = UNetConfig(image_size=8, num_classes=1).channel_mult
-        n_levels = len(hp["model"].get("channel_mult") or default)
-        size = int(hp["image_size"])
+    hp, model = ckpt["hyper_parameters"], ckpt["hyper_parameters"].get("model")
+    if not isinstance(model, Mapping) or not isinstance(hp.get("image_size"), int):
+        raise UnsafeValueError("its model config or image_size is missing or malformed.")
+    if model_key(model) == "unet":  # format 1 had no other network
+        mult = model.get("channel_mult") or UNetConfig(image_size=8, num_classes=1).channel_mult
+        n_levels, size = len(mult), hp["image_size"]
         for key in ("state_dict", "current_model_state"):
             if isinstance(ckpt.get(key), dict):
                 ckpt[key] = upgrade_unet_state(ckpt[key], size, n_levels)
