@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from torch import nn
 
 from facediff.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
@@ -74,7 +75,7 @@ def test_sampling_settings_are_validated_once(change, match):
 
 
 def test_training_callbacks_refuse_bad_sampling_when_the_run_starts(tiny_cfg):
-    with pytest.raises(ValueError, match=r"callbacks\.sample_grid\.sampling: Unknown sampler"):
+    with pytest.raises(InstantiationException, match=r"sample_grid\.sampling: Unknown sampler"):
         build_trainer(tiny_cfg("callbacks.sample_grid.sampling.sampler=euler"))
     cfg = tiny_cfg("callbacks.sample_grid.sampling.steps=501", "trainer.max_epochs=5")
     with pytest.raises(ValueError, match=r"sample_grid\.sampling: steps must be in 1\.\.500"):
