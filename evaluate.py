@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from facediff.evaluate_job import run
+from facediff.jobs.evaluate import run
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

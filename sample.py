@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from facediff.sample_job import run
+from facediff.jobs.sample import run
 
 
 @hydra.main(config_path="conf", config_name="sample", version_base="1.3")

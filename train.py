@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from facediff.training import run
+from facediff.lightning.training import run
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from facediff.ema import EMADecay
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,7 +21,6 @@ from benchmarks.common import autocast, interleave, summarize, sync
 from benchmarks.models import build_model, model_size, num_parameters, set_grad_checkpoint
 from facediff.diffusion.objective import diffusion_loss
 from facediff.diffusion.schedule import NoiseSchedule
-from facediff.ema import EMADecay
 
 
 def error_text(exc: BaseException) -> str:

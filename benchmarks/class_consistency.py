@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from facediff.data import FaceDataModule
-from facediff.generator import Generator
+from facediff.inference.generator import Generator
 
 
 def train_classifier(dm: FaceDataModule, epochs: int) -> nn.Module:

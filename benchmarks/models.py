@@ -64,7 +64,7 @@ class DiffusersUNet(nn.Module):
 
 
 def facediff_model_config(name: str) -> dict[str, Any]:
-    """conf/model/<name>.yaml composed through Hydra, as a plain dict with `_target_`."""
+    """conf/model/<name>.yaml composed through Hydra, as a plain dict (`name`: a registry key)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -82,10 +82,10 @@ def build_model(name: str, image_size: int, num_classes: int = 3) -> nn.Module:
         return DiffusersUNet(image_size, num_classes).train()
     if name not in FACEDIFF_MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
-    from hydra.utils import instantiate
+    from facediff.models.registry import build_model as build_registered
 
     cfg = facediff_model_config(name)
-    return instantiate(cfg, image_size=image_size, num_classes=num_classes).train()
+    return build_registered(cfg, image_size, num_classes).train()
 
 
 def set_grad_checkpoint(net: nn.Module, on: bool) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from facediff.diffusion.objective import diffusion_loss
-from facediff.diffusion.schedule import NoiseSchedule
+from facediff.diffusion.objective import build_diffusion, diffusion_loss
+from facediff.models.registry import build_model
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -36,8 +35,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown arguments: {sorted(args)}")
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"model.grad_checkpoint={grad_ckpt}"])
-    net = instantiate(cfg.model, image_size=size, num_classes=3).to(device).train()
-    schedule = NoiseSchedule(**cfg.diffusion).to(device)
+    net = build_model(cfg.model, image_size=size, num_classes=3).to(device).train()
+    schedule, objective = build_diffusion(cfg.diffusion)
+    schedule = schedule.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4)
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     def step() -> None:
         t = torch.randint(0, schedule.num_steps, (batch,), device=device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = diffusion_loss(net, schedule, x0, y, t, torch.randn_like(x0)).mean()
+            loss = diffusion_loss(net, schedule, objective, x0, y, t, torch.randn_like(x0)).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

@@ -1,13 +1,27 @@
-"""Reading facediff checkpoints safely, and checking one fits the run that wants to resume it."""
+"""Reading facediff checkpoints safely, and checking one fits the run that wants to resume it.
+
+Formats: 1 named the UNet's blocks by level (``down.1.res.0``); 2 names them by resolution in
+execution order (``enc.16x16_block0.res``) and stores the network's full config under
+``facediff.model``. Format-1 files are upgraded in memory when read (`upgrade_checkpoint`), for
+sampling, evaluation and resume alike.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from facediff.module import CHECKPOINT_FORMAT
+from facediff.models.legacy import upgrade_unet_state
+from facediff.models.registry import model_key, normalise_model_config
+from facediff.models.unet import UNetConfig
+from facediff.untrusted import UnsafeValueError
+
+# Written into every checkpoint by DiffusionModule.on_save_checkpoint, checked on every load.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -35,11 +49,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a facediff checkpoint (no 'facediff' entry). Only checkpoints written "
             "by facediff's train.py can be resumed or sampled from."
         )
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
-            f"{path} has checkpoint format {meta.get('format')}, this facediff reads format "
-            f"{CHECKPOINT_FORMAT}. Use the facediff version that wrote it."
+            f"{path} has checkpoint format {meta.get('format')}, this facediff reads formats "
+            f"{READABLE_FORMATS}. Use the facediff version that wrote it."
         )
+    try:
+        return upgrade_checkpoint(ckpt)
+    except (UnsafeValueError, TypeError) as err:
+        raise CheckpointError(f"Refusing checkpoint {path}: {err}") from err
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Rename a format-1 checkpoint's UNet weights to format 2, in place; returns `ckpt`."""
+    meta = ckpt["facediff"]
+    if meta.get("format") != 1:
+        return ckpt
+    hp, model = ckpt["hyper_parameters"], ckpt["hyper_parameters"].get("model")
+    if not isinstance(model, Mapping) or not isinstance(hp.get("image_size"), int):
+        raise UnsafeValueError("its model config or image_size is missing or malformed.")
+    if model_key(model) == "unet":  # format 1 had no other network
+        mult = model.get("channel_mult") or UNetConfig(image_size=8, num_classes=1).channel_mult
+        n_levels, size = len(mult), hp["image_size"]
+        for key in ("state_dict", "current_model_state"):
+            if isinstance(ckpt.get(key), dict):
+                ckpt[key] = upgrade_unet_state(ckpt[key], size, n_levels)
+    meta["format"] = CHECKPOINT_FORMAT
     return ckpt
 
 
@@ -48,7 +83,12 @@ def check_resumable(path: str | Path, hparams: dict[str, Any]) -> None:
 
     `hparams` are the LightningModule hyper-parameters of the run that wants to resume.
     """
-    saved = load_checkpoint(path)["hyper_parameters"]
+    saved = dict(load_checkpoint(path)["hyper_parameters"])
+    try:  # legacy `_target_` and `name` spellings of the same network compare equal
+        saved["model"] = normalise_model_config(saved.get("model"))
+        hparams = {**hparams, "model": normalise_model_config(hparams["model"])}
+    except UnsafeValueError as err:
+        raise CheckpointError(f"Cannot resume from {path}: {err}") from err
     for key in ("model", "diffusion", "class_names", "image_size"):
         if saved.get(key) != hparams.get(key):
             raise CheckpointError(

@@ -145,7 +145,7 @@ TINY = (
     "trainer.enable_progress_bar=false",
     "callbacks.model_summary=null",
     "callbacks.ema.start_step=0",
-    "callbacks.sample_grid.steps=3",
+    "callbacks.sample_grid.sampling.steps=3",
     "callbacks.sample_grid.n_per_class=2",
     "callbacks.eval_metrics=null",
 )
@@ -165,7 +165,7 @@ def tiny_cfg(compose_cfg, demo_cache: Path) -> Callable[..., object]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.ckpt of a 2-epoch tiny demo run (with EMA), shared by the sampling tests."""
-    from facediff.training import run
+    from facediff.lightning.training import run
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     run(

@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags
-from facediff.training import resolve_precision
+from facediff.lightning.loggers import build_logger
+from facediff.lightning.training import build_trainer, resolve_precision
+from facediff.models.registry import build_model
 
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ["data", "model", "diffusion", "trainer", "callbacks", "logger", "experiment", "debug"]
@@ -22,10 +25,33 @@ def options(group: str) -> list[str]:
     [f"{g}={o}" for g in GROUPS for o in options(g)]
     + [f"data/labels={o}" for o in options("data/labels")],
 )
-def test_every_group_option_composes(compose_cfg, override):
-    cfg = compose_cfg(override)
+def test_every_group_option_composes(compose_cfg, override, monkeypatch):
+    """Each option composes, and its trainer, logger and callbacks instantiate (as train.py
+    builds them), its data module and network build."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    extra = []
+    if override in ("trainer=gpu", "trainer=ddp") and not torch.cuda.is_available():
+        devices = 2 if override == "trainer=ddp" else 1
+        # fp16 autocast needs a GPU
+        extra += ["trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.precision=32"]
+    if override == "data/labels=custom":  # an empty template: the user names the classes
+        extra.append("+data.classes={white: 0, asian: 2}")  # as the README shows
+    cfg = compose_cfg(override, *extra)
     assert cfg.paths.output_dir  # resolves outside @hydra.main too (tests set it)
     assert cfg.data.image_size > 0 and cfg.trainer.max_epochs != 0
+    trainer = build_trainer(cfg)
+    targets = {c["_target_"].rsplit(".", 1)[1] for c in (cfg.get("callbacks") or {}).values() if c}
+    assert targets <= {type(c).__name__ for c in trainer.callbacks}
+    logger = build_logger(cfg.get("logger"))  # (fast_dev_run swaps the trainer's for a dummy)
+    if cfg.get("logger") is None:
+        assert logger is False and trainer.loggers == []
+    else:
+        assert type(logger).__name__ == cfg.logger._target_.rsplit(".", 1)[1]
+    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    assert dm.image_size == cfg.data.image_size
+    size = 32 if override == "model=unet_tiny" else cfg.data.image_size  # tiny: 32 px (demo)
+    build_model(cfg.model, image_size=size, num_classes=3)
 
 
 def test_defaults_reproduce_the_original_recipe(compose_cfg):
@@ -45,7 +71,7 @@ def test_defaults_reproduce_the_original_recipe(compose_cfg):
 )
 def test_model_configs_build(compose_cfg, model, size, lo, hi):
     cfg = compose_cfg(f"model={model}")
-    net = instantiate(cfg.model, image_size=size, num_classes=3)
+    net = build_model(cfg.model, image_size=size, num_classes=3)
     assert lo < sum(p.numel() for p in net.parameters()) < hi
     has_attention = bool(net.attention_layers())
     assert has_attention == (model != "unet")

@@ -13,8 +13,8 @@ from torch.utils.data import DistributedSampler
 
 import facediff.data.index as index_module
 from facediff.data import FaceDataModule
+from facediff.data.balanced_sampler import BalancedSampler
 from facediff.data.demo import DEMO_CLASSES
-from facediff.data.sampling import BalancedSampler
 
 try:
     from lightning.fabric.utilities.distributed import DistributedSamplerWrapper

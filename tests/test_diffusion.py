@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from facediff.diffusion.objective import (
+    Objective,
+    build_diffusion,
     drop_labels,
     loss_weight,
     q_sample,
@@ -23,6 +25,11 @@ from facediff.diffusion.sampling import (
     spaced_timesteps,
 )
 from facediff.diffusion.schedule import NoiseSchedule, make_betas
+from facediff.diffusion.settings import SamplingSettings
+
+
+def settings(sampler: str, steps: int, guidance: float = 1.0, eta: float = 0.0) -> SamplingSettings:
+    return SamplingSettings(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=0)
 
 
 def test_linear_schedule_matches_the_original_and_keeps_signal_at_T():
@@ -62,7 +69,7 @@ def test_zero_terminal_snr_rescale():
 )
 def test_bad_schedule_configs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        NoiseSchedule(**kwargs)
+        build_diffusion(kwargs)
 
 
 def test_q_sample_marginal_variance():
@@ -130,15 +137,16 @@ def test_ddpm_step_is_ho_et_al_eq11_on_consecutive_steps():
 class OracleNet(nn.Module):
     """Predicts exactly the output that denoises towards a known image `target` of class 1."""
 
-    def __init__(self, schedule: NoiseSchedule, target: torch.Tensor) -> None:
+    def __init__(self, schedule: NoiseSchedule, objective: Objective, target: torch.Tensor):
         super().__init__()
-        self.schedule, self.target, self.num_classes, self.calls = schedule, target, 2, []
+        self.schedule, self.objective, self.target = schedule, objective, target
+        self.num_classes, self.calls = 2, []
 
     def forward(self, x, t, y):
         self.calls.append(x.shape[0])
         ab = self.schedule.alpha_bar[t].reshape(-1, 1, 1, 1)
         eps = (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
-        if self.schedule.prediction == "eps":
+        if self.objective.prediction == "eps":
             return eps
         return v_target(self.target, eps, ab)
 
@@ -151,17 +159,16 @@ class OracleNet(nn.Module):
     [{"schedule": "cosine"}, {"schedule": "linear", "prediction": "v", "zero_terminal_snr": True}],
 )
 def test_samplers_reach_the_oracle_image(sampler, eta, diffusion):
-    s = NoiseSchedule(50, **diffusion)
+    s, objective = build_diffusion({"num_steps": 50, **diffusion})
     target = torch.rand(1, 3, 4, 4) * 1.6 - 0.8
-    net = OracleNet(s, target)
+    net = OracleNet(s, objective, target)
     out = sample(
         net,
         s,
+        objective,
         torch.ones(3, dtype=torch.long),
         torch.randn(3, 3, 4, 4),
-        sampler=sampler,
-        steps=10,
-        eta=eta,
+        settings(sampler, 10, eta=eta),
         generator=torch.Generator().manual_seed(0),
     )
     torch.testing.assert_close(out, target.expand(3, -1, -1, -1), atol=1e-3, rtol=1e-3)
@@ -169,16 +176,16 @@ def test_samplers_reach_the_oracle_image(sampler, eta, diffusion):
 
 def test_sampling_is_deterministic_for_a_seed():
     s = NoiseSchedule(50)
-    net = OracleNet(s, torch.zeros(1, 3, 4, 4))
+    net = OracleNet(s, Objective(), torch.zeros(1, 3, 4, 4))
     net.forward = lambda x, t, y: torch.sin(x)  # any smooth non-oracle map
     runs = [
         sample(
             net,
             s,
+            Objective(),
             torch.zeros(2, dtype=torch.long),
             torch.ones(2, 3, 4, 4),
-            sampler="ddpm",
-            steps=5,
+            settings("ddpm", 5),
             generator=torch.Generator().manual_seed(7),
         )
         for _ in range(2)
@@ -250,9 +257,7 @@ def test_per_sample_generators_make_samples_independent_of_batching(sampler):
         gens = [torch.Generator().manual_seed(100 + i) for i in indices]
         x_T = torch.stack([torch.randn(3, 4, 4, generator=g) for g in gens])
         y = torch.tensor([i % 3 for i in indices])
-        return sample(
-            net, s, y, x_T, sampler=sampler, steps=8, eta=1.0, guidance=2.0, generator=gens
-        )
+        return sample(net, s, Objective(), y, x_T, settings(sampler, 8, 2.0, 1.0), generator=gens)
 
     whole = run(range(6))
     parts = torch.cat([run(range(0, 2)), run(range(2, 5)), run(range(5, 6))])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from facediff.ema import EMA, EMADecay
+from facediff.lightning.ema import EMA, EMADecay
 
 
 def test_decay_schedule():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from facediff.evaluate_job import run
 from facediff.evaluation.classifier import FaceClassifier, load_classifier, save_classifier
-from facediff.training import run as train
+from facediff.jobs.evaluate import run
+from facediff.lightning.training import run as train
 
 ROOT = Path(__file__).parents[1]
 CLASSES = ["glasses", "hat", "beard"]
@@ -121,8 +121,9 @@ def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
     cfg = tiny_cfg(
         "logger=csv",
         "trainer.max_epochs=2",
-        "+callbacks.eval_metrics={_target_: facediff.evaluation.callback.EvalMetrics, "
-        "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, steps: 2, "
+        "+callbacks.eval_metrics={_target_: facediff.lightning.eval_callback.EvalMetrics, "
+        "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, "
+        "sampling: {sampler: dpmpp, steps: 2, guidance: 3.0, eta: 0.0, seed: 0}, "
         "kid_subset_size: 5, classifier: {epochs: 1, widths: [8, 16]}}",
         "callbacks.model_checkpoint.monitor=eval/class_consistency",
         "callbacks.model_checkpoint.mode=max",

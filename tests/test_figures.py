@@ -1,4 +1,4 @@
-"""facediff.figures: grid geometry, labels, denoising strip and GIF, frames, attention overlays."""
+"""facediff.tensor_figures: grid geometry, labels, denoising strip and GIF, attention overlays."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facediff import figures
+from facediff import tensor_figures as figures
 
 H = W = 8
 PAD = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import facediff.training as training
+import facediff.lightning.training as training
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 
 XEON_NO_BF16 = "fpu sse avx2 fma avx512f avx512bw avx512_vnni"
@@ -52,7 +52,7 @@ def test_resolve_precision_auto_on_cpu_logs_choice(
     flags: str, expected: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(training, "cpu_flags", lambda: frozenset(flags.split()))
-    with caplog.at_level(logging.INFO, logger="facediff.training"):
+    with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
         assert training.resolve_precision("auto", "cpu") == expected
     assert expected in caplog.text and "native bf16" in caplog.text
     assert training.resolve_precision("32-true", "cpu") == "32-true"  # explicit wins

@@ -1,12 +1,12 @@
-"""The loss-curve figure every run folder holds (facediff.loss_curves)."""
+"""The loss-curve figure every run folder holds (facediff.lightning.loss_curves)."""
 
 import json
 from pathlib import Path
 
 from PIL import Image
 
-from facediff.loss_curves import moving_average
-from facediff.training import run
+from facediff.lightning.loss_curves import moving_average
+from facediff.lightning.training import run
 
 
 def test_moving_average_is_a_trailing_mean():

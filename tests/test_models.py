@@ -150,19 +150,23 @@ def test_sinusoidal_embedding() -> None:
 def test_attention_layers_names() -> None:
     m = UNet(**tiny_kwargs(image_size=32, channel_mult=[1, 2, 2], attn_resolutions=[16, 8]))
     layers = m.attention_layers()
-    assert layers == {
-        "down.1.attn.0": 16,
-        "down.2.attn.0": 8,
-        "mid.attn": 8,
-        "up.2.attn.0": 8,
-        "up.2.attn.1": 8,
-        "up.1.attn.0": 16,
-        "up.1.attn.1": 16,
+    assert layers == {  # named by resolution, in execution order
+        "enc.16x16_block0.attn": 16,
+        "enc.8x8_block0.attn": 8,
+        "mid.8x8_in0.attn": 8,
+        "dec.8x8_block0.attn": 8,
+        "dec.8x8_block1.attn": 8,
+        "dec.16x16_block0.attn": 16,
+        "dec.16x16_block1.attn": 16,
     }
     modules = dict(m.named_modules())
     assert all(name in modules for name in layers)
     no_mid = UNet(**tiny_kwargs(image_size=32, channel_mult=[1, 2, 2], attn_resolutions=[32]))
-    assert list(no_mid.attention_layers()) == ["down.0.attn.0", "up.0.attn.0", "up.0.attn.1"]
+    assert list(no_mid.attention_layers()) == [
+        "enc.32x32_block0.attn",
+        "dec.32x32_block0.attn",
+        "dec.32x32_block1.attn",
+    ]
     assert UNet(**tiny_kwargs(attn_resolutions=[])).attention_layers() == {}
 
 
@@ -241,8 +245,8 @@ def test_hydra_instantiate_with_listconfig() -> None:
     omegaconf = pytest.importorskip("omegaconf")
     cfg = omegaconf.OmegaConf.create({"_target_": "facediff.models.unet.UNet", **tiny_kwargs()})
     m = hydra_utils.instantiate(cfg)
-    assert isinstance(m, UNet) and m.config["channel_mult"] == [1, 2]
-    assert type(m.config["attn_resolutions"]) is list
+    assert isinstance(m, UNet) and m.config.channel_mult == [1, 2]
+    assert type(m.config.attn_resolutions) is list
 
 
 def test_autocast_bf16(net: UNet) -> None:

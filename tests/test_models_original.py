@@ -126,7 +126,7 @@ def test_trains_a_step_through_the_lightning_module(compose_cfg) -> None:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, TensorDataset
 
-    from facediff.module import DiffusionModule
+    from facediff.lightning.module import DiffusionModule
 
     cfg = compose_cfg("model=original")  # the Hydra config group resolves to this class
     module = DiffusionModule(

@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from facediff.checkpoint import CheckpointError
-from facediff.generator import Generator
-from facediff.sample_job import run
+from facediff.inference.generator import Generator
+from facediff.jobs.sample import run
 
 ROOT = Path(__file__).parents[1]
 CLASSES = ["glasses", "hat", "beard"]
@@ -99,6 +99,7 @@ def test_bad_checkpoints(tiny_checkpoint, tmp_path):
         Generator.from_checkpoint(foreign)
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     ckpt["hyper_parameters"]["model"]["base_channels"] = 48  # weights of another model
+    ckpt["facediff"]["model"]["base_channels"] = 48  # (the full config sampling rebuilds from)
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="do not fit the model"):

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from facediff.checkpoint import CheckpointError, check_resumable, load_checkpoint
-from facediff.training import run
+from facediff.lightning.training import run
 
 ROOT = Path(__file__).parents[1]
 
@@ -160,7 +160,7 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
         "trainer.max_epochs=1",
         "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",
-        "callbacks.sample_grid.steps=2",
+        "callbacks.sample_grid.sampling.steps=2",
         "callbacks.sample_grid.n_per_class=2",
         "callbacks.eval_metrics=null",
         f"paths.cache_dir={tmp_path / 'cache'}",
@@ -225,7 +225,7 @@ def test_short_fit_on_the_real_utkface_sample(compose_cfg, real_utkface, demo_ca
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
         "callbacks.model_summary=null",
-        "callbacks.sample_grid.steps=2",
+        "callbacks.sample_grid.sampling.steps=2",
         "callbacks.sample_grid.n_per_class=1",
         "callbacks.eval_metrics=null",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -100,3 +101,11 @@ def split_indices(
                 result[name].extend(members[class_groups[position]])
             start += counts[name]
     return {name: sorted(items) for name, items in result.items()}
+
+
+def content_digest(rows: Sequence[int], labels: Sequence[int], digests: Sequence[str]) -> str:
+    """A hash of the content (per-file digests) and labels of the given index rows."""
+    digest = hashlib.blake2b(digest_size=12)
+    for row, label in sorted(zip(rows, labels, strict=True)):
+        digest.update(f"{digests[row]}:{label}\n".encode())
+    return digest.hexdigest()

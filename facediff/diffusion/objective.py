@@ -7,14 +7,66 @@ Small pure functions in the papers' notation. `ab` is alpha_bar_t already gather
   min(SNR, gamma) / (SNR + 1) for v-prediction, so every loss is measured in x_0 units, clipped.
 - classifier-free guidance training (Ho & Salimans 2022): drop each sample's label with
   probability p_uncond (the original dropped whole batches).
+
+`Objective` holds the parametrisation and the loss weighting, apart from the network and the
+noise schedule (as EDM keeps preconditioning and loss apart); `build_diffusion` splits a
+conf/diffusion/*.yaml config into the schedule and the objective.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from facediff.diffusion.schedule import NoiseSchedule, gather
+
+PREDICTIONS = ("eps", "v")
+OBJECTIVE_KEYS = ("prediction", "min_snr_gamma")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the network predicts ("eps" or "v") and the min-SNR-gamma loss weighting (None: off)."""
+
+    prediction: str = "eps"
+    min_snr_gamma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"Unknown diffusion.prediction={self.prediction!r}; choose {PREDICTIONS}."
+            )
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(
+                f"diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}."
+            )
+
+    def target(self, x0: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
+        """What the network is trained to output: eps, or v."""
+        return eps if self.prediction == "eps" else v_target(x0, eps, ab)
+
+    def split(self, out: Tensor, x_t: Tensor, ab: Tensor) -> tuple[Tensor, Tensor]:
+        """The network output as (x0_hat, eps_hat)."""
+        return split_prediction(out, x_t, ab, self.prediction)
+
+    def weight(self, ab: Tensor) -> Tensor:
+        return loss_weight(ab, self.prediction, self.min_snr_gamma)
+
+
+def build_diffusion(config: Mapping[str, Any]) -> tuple[NoiseSchedule, Objective]:
+    """The schedule and the objective of a diffusion config (conf/diffusion/*.yaml keys)."""
+    config = dict(config)
+    objective = Objective(**{k: config.pop(k) for k in OBJECTIVE_KEYS if k in config})
+    if config.get("zero_terminal_snr") and objective.prediction == "eps":
+        raise ValueError(
+            "diffusion.zero_terminal_snr=true needs diffusion.prediction=v: at SNR 0 the noise "
+            "eps says nothing about the image. Set prediction=v or zero_terminal_snr=false."
+        )
+    return NoiseSchedule(**config), objective
 
 
 def q_sample(x0: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
@@ -69,6 +121,7 @@ def drop_labels(
 def diffusion_loss(
     net: nn.Module,
     schedule: NoiseSchedule,
+    objective: Objective,
     x0: Tensor,
     y: Tensor,
     t: Tensor,
@@ -82,6 +135,6 @@ def diffusion_loss(
     ab = gather(schedule.alpha_bar, t)  # (B,1,1,1)
     x_t = q_sample(x0, eps, ab)
     out = net(x_t, t, y)
-    target = eps if schedule.prediction == "eps" else v_target(x0, eps, ab)
+    target = objective.target(x0, eps, ab)
     mse = (out.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    return mse * loss_weight(ab, schedule.prediction, schedule.min_snr_gamma).flatten()
+    return mse * objective.weight(ab).flatten()

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from facediff.diffusion.objective import split_prediction
+from facediff.diffusion.objective import Objective
 from facediff.diffusion.schedule import NoiseSchedule
+from facediff.diffusion.settings import SamplingSettings
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
 # Deterministic samplers need a usable x0_hat at the first step; an epsilon model's x0_hat has its
 # error amplified by 1 / sqrt(SNR) there (10^4 at the cosine schedule's SNR of ~1e-8).
 MIN_DETERMINISTIC_START_SNR = 1e-3
@@ -69,6 +69,17 @@ def deterministic_start_problem(
             "diffusion.prediction=v (the default)."
         )
     return None
+
+
+def check_fits(settings: SamplingSettings, schedule: NoiseSchedule, objective: Objective) -> None:
+    """Raise ValueError when `settings` cannot work with this model: more steps than its T, or a
+    deterministic sampler from zero SNR with an epsilon model (`deterministic_start_problem`)."""
+    settings.check_steps(schedule.num_steps)
+    problem = deterministic_start_problem(
+        objective.prediction, settings.sampler, settings.eta, float(schedule.alpha_bar[-1])
+    )
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def guided_output(
@@ -133,35 +144,32 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> 
 def sample(
     net: nn.Module,
     schedule: NoiseSchedule,
+    objective: Objective,
     y: Tensor,
     x_T: Tensor,
+    settings: SamplingSettings,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    guidance: float = 1.0,
-    eta: float = 0.0,
     clip_denoised: bool = True,
     generator: Generators = None,
     on_step: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Run the reverse process from x_T (B,C,H,W) to images in [-1, 1].
 
-    y: (B,) class ids or (B, K) class weights. `generator`: a CPU generator, or one per sample,
-    for the per-step noise of DDPM and DDIM (eta > 0); a fixed seed gives fixed samples.
+    y: (B,) class ids or (B, K) class weights. `settings`: sampler, steps, guidance and eta
+    (its seed is the caller's business: the noise comes from `generator`, a CPU generator or
+    one per sample, for the per-step noise of DDPM and DDIM with eta > 0).
     `on_step(t, x_t, x0_hat)` sees every step (for figures).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
     null_id = net.num_classes
-    ts = spaced_timesteps(schedule.num_steps, steps)
+    ts = spaced_timesteps(schedule.num_steps, settings.steps)
     x, x0_prev, h_prev = x_T, None, float("inf")
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
         ab_t = schedule.alpha_bar[t]
         ab_s = schedule.alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = guided_output(net, x, t_batch, y, guidance, null_id).float()
-        x0, eps = split_prediction(out, x, ab_t, schedule.prediction)
+        out = guided_output(net, x, t_batch, y, settings.guidance, null_id).float()
+        x0, eps = objective.split(out, x, ab_t)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
             eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
@@ -170,12 +178,13 @@ def sample(
         if s < 0:
             x = x0
             break
-        if sampler == "dpmpp":
+        if settings.sampler == "dpmpp":
             x, h_prev = dpmpp_2m_step(x, x0, ab_t, ab_s, x0_prev, h_prev)
             x0_prev = x0
-        elif sampler == "ddpm":
+        elif settings.sampler == "ddpm":
             x = ddpm_step(x, x0, ab_t, ab_s, randn(x.shape, generator, x.device))
         else:
+            eta = settings.eta
             noise = randn(x.shape, generator, x.device) if eta > 0 else torch.zeros_like(x)
             x = ddim_step(x0, eps, ab_t, ab_s, noise, eta)
     return x.clamp(-1, 1)

@@ -1,8 +1,10 @@
 """Noise schedules for discrete-time DDPM (Ho et al. 2020).
 
-Everything here is a pure function of the schedule's hyper-parameters. `NoiseSchedule` only keeps
-the resulting tensors together (as non-persistent buffers, so they follow `.to(device)` but never
-enter a checkpoint's state_dict, and EMA never averages them).
+Everything here is a pure function of the schedule's hyper-parameters. `NoiseSchedule` holds the
+schedule only (what the network predicts and how the loss is weighted are the objective's, see
+`facediff.diffusion.objective.Objective`) and keeps the resulting tensors together (as
+non-persistent buffers, so they follow `.to(device)` but never enter a checkpoint's state_dict,
+and EMA never averages them).
 
 Notation (DDPM paper): beta_t, alpha_t = 1 - beta_t, alpha_bar_t = prod_{s<=t} alpha_s, and
 x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Timesteps are 0-based: t in [0, T).
@@ -23,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("eps", "v")
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -84,27 +85,15 @@ class NoiseSchedule(nn.Module):
         self,
         num_steps: int = 500,
         schedule: str = "cosine",
-        prediction: str = "eps",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         zero_terminal_snr: bool = False,
-        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"Unknown diffusion.prediction={prediction!r}; choose {PREDICTIONS}.")
-        if zero_terminal_snr and prediction == "eps":
-            raise ValueError(
-                "diffusion.zero_terminal_snr=true needs diffusion.prediction=v: at SNR 0 the noise "
-                "eps says nothing about the image. Set prediction=v or zero_terminal_snr=false."
-            )
-        if min_snr_gamma is not None and min_snr_gamma <= 0:
-            raise ValueError(f"diffusion.min_snr_gamma must be > 0 or null, got {min_snr_gamma}.")
         betas = make_betas(schedule, num_steps, beta_start, beta_end, zero_terminal_snr)
         alpha_bar = torch.cumprod(1 - betas, 0)
         self.num_steps = num_steps
-        self.prediction = prediction
-        self.min_snr_gamma = min_snr_gamma
+        self.zero_terminal_snr = zero_terminal_snr
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas", (1 - betas).float(), persistent=False)
         self.register_buffer("alpha_bar", alpha_bar.float(), persistent=False)
@@ -114,10 +103,7 @@ class NoiseSchedule(nn.Module):
         return float(self.alpha_bar[-1].sqrt())
 
     def extra_repr(self) -> str:
-        return (
-            f"T={self.num_steps}, prediction={self.prediction}, "
-            f"terminal sqrt(alpha_bar)={self.terminal_signal():.2e}"
-        )
+        return f"T={self.num_steps}, terminal sqrt(alpha_bar)={self.terminal_signal():.2e}"
 
 
 def gather(values: Tensor, t: Tensor, ndim: int = 4) -> Tensor:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from facediff.figures import labelled_grid
+from facediff.tensor_figures import labelled_grid
 
 PER_CLASS_COLUMNS = (
     ("class_consistency", "consistency"),

@@ -1,5 +1,6 @@
-"""Denoising networks (plain PyTorch; their configs live in conf/model/)."""
+"""Denoising networks (plain PyTorch; their configs live in conf/model/, the registry of
+known networks in facediff.models.registry)."""
 
-from facediff.models.unet import UNet
+from facediff.models.unet import UNet, UNetConfig
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "UNetConfig"]

@@ -124,7 +124,7 @@ class AttentionBlock(nn.Module):
         self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
-        self.name = "attn"  # overwritten by the UNet with the block's module path
+        self.name = "attn"  # set by the UNet to the block's module path
         self.capture: dict[str, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -156,6 +156,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.out_channels = channels
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,6 +168,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.out_channels = channels
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:

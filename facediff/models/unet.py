@@ -1,26 +1,32 @@
 """Class-conditional ADM-style UNet for DDPM noise prediction.
 
-Layout for ``channel_mult = [1, 2, 2, 4]`` and 64x64 inputs (resolutions 64, 32, 16, 8):
+Blocks are named by resolution and stored in execution order (as NVlabs/edm's DhariwalUNet), e.g.
+for ``channel_mult = [1, 2, 2, 4]``, ``num_res_blocks = 2`` and 64x64 inputs:
 
-    input conv
-    down.0 .. down.3   num_res_blocks ResBlocks (+ attention) each, stride-2 conv between levels
-    mid                ResBlock, attention (only if the lowest resolution is attended), ResBlock
-    up.3 .. up.0       num_res_blocks + 1 ResBlocks (+ attention) each, every block consuming one
-                       encoder skip; nearest x2 + conv between levels
-    out                GroupNorm -> SiLU -> conv3x3 (zero-initialised: the untrained net outputs 0)
+    input_conv
+    enc   64x64_block0, 64x64_block1, 32x32_down, 32x32_block0, ..., 8x8_block1
+    mid   8x8_in0 (ResBlock + attention if 8 px is attended), 8x8_in1
+    dec   8x8_block0 .. 8x8_block2, 16x16_up, 16x16_block0 .. 16x16_block2, ..., 64x64_block2
+    out   GroupNorm -> SiLU -> conv3x3 (zero-initialised: the untrained net outputs 0)
 
-``down.i`` and ``up.i`` work at the same resolution ``image_size // 2**i``. Attention blocks are
-named by their module path ("down.1.attn.0", "mid.attn", "up.2.attn.1", ...); see
+Every encoder module's output is pushed onto the skip stack; every decoder block pops one and
+concatenates it, its input width read off the encoder module (``out_channels``). A block is a
+ResBlock followed, at attended resolutions, by self-attention (``<block>.attn``); see
 ``UNet.attention_layers()``.
 
 Conditioning: emb = MLP(sinusoidal(t)) + class_emb(y), fed to every ResBlock. ``class_emb`` has
 ``num_classes + 1`` rows; the last one is the learned "null" class for classifier-free guidance.
+
+``UNetConfig`` is the single source of truth for the hyper-parameters: it is validated once,
+stored in every checkpoint (``UNetConfig.to_dict()``) and rebuilds the network for sampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,181 +44,167 @@ from facediff.models.layers import (
 )
 
 
-class _Level(nn.Module):
-    """One resolution level: residual blocks, optional attention after each, optional resampler."""
+@dataclass(frozen=True)
+class UNetConfig:
+    """The UNet's hyper-parameters.
 
-    def __init__(self) -> None:
+    image_size: side of the (square) inputs; a multiple of 2**(len(channel_mult)-1).
+    num_classes: number of real classes; class id ``num_classes`` is the null class.
+    channel_mult: width multiplier of ``base_channels`` per resolution level.
+    attn_resolutions: pixel resolutions with self-attention (encoder, decoder, and the middle
+        block if the lowest resolution is listed); stored sorted, largest first.
+    emb_channels: width of the time/class embedding; ``None`` means ``4 * base_channels``
+        (stored resolved).
+    groups: GroupNorm groups (capped at the width); must divide every feature width.
+    grad_checkpoint: recompute each ResBlock / attention block in backward while training.
+    """
+
+    image_size: int
+    num_classes: int
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16, 8])
+    attn_heads: int = 4
+    dropout: float = 0.1
+    grad_checkpoint: bool = False
+    emb_channels: int | None = None
+    groups: int = 32
+
+    def __post_init__(self) -> None:
+        # Normalise (Hydra hands over ListConfig objects) while frozen: plain ints and lists.
+        set_ = object.__setattr__
+        set_(self, "channel_mult", [int(m) for m in self.channel_mult])
+        set_(
+            self, "attn_resolutions", sorted({int(r) for r in self.attn_resolutions}, reverse=True)
+        )
+        if self.emb_channels is None:
+            set_(self, "emb_channels", 4 * int(self.base_channels))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(
+                f"channel_mult must be a non-empty list of ints >= 1: {self.channel_mult}"
+            )
+        if self.base_channels < 1 or self.emb_channels < 1 or self.num_res_blocks < 1:
+            raise ValueError(
+                "base_channels, emb_channels and num_res_blocks must be >= 1, got "
+                f"{self.base_channels}, {self.emb_channels}, {self.num_res_blocks}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size < 1 or self.image_size % factor != 0:
+            examples = ", ".join(str(factor * k) for k in range(1, 9))
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by {factor} = "
+                f"2**(len(channel_mult)-1) for channel_mult={self.channel_mult}; sizes that "
+                f"work: {examples}, ... (or change channel_mult)"
+            )
+        missing = [r for r in self.attn_resolutions if r not in self.resolutions]
+        if missing:
+            raise ValueError(
+                f"attn_resolutions {missing} do not occur in this network; with image_size="
+                f"{self.image_size} and channel_mult={self.channel_mult} the resolutions are "
+                f"{self.resolutions}"
+            )
+
+    @property
+    def resolutions(self) -> list[int]:
+        """The pixel resolution of each level, from the input down."""
+        return [self.image_size >> i for i in range(len(self.channel_mult))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class UNetBlock(nn.Module):
+    """A ResBlock, followed by self-attention at attended resolutions."""
+
+    def __init__(self, c_in: int, c_out: int, resolution: int, attention: bool, cfg: UNetConfig):
         super().__init__()
-        self.res = nn.ModuleList()
-        self.attn = nn.ModuleList()  # empty, or one AttentionBlock per ResBlock
-        self.resample: nn.Module | None = None
+        self.resolution = resolution
+        self.out_channels = c_out
+        self.res = ResBlock(c_in, c_out, cfg.emb_channels, cfg.dropout, cfg.groups)
+        self.attn = AttentionBlock(c_out, cfg.attn_heads, cfg.groups) if attention else None
 
 
 class UNet(nn.Module):
     """Conditional UNet predicting a tensor shaped like ``x`` from ``(x, t, y)``.
 
-    Args:
-        image_size: side of the (square) inputs; must be a multiple of 2**(len(channel_mult)-1).
-        num_classes: number of real classes; class id ``num_classes`` is the null class.
-        channel_mult: width multiplier of ``base_channels`` per resolution level.
-        attn_resolutions: pixel resolutions at which self-attention is used (encoder, decoder,
-            and the middle block if the lowest resolution is listed).
-        emb_channels: width of the time/class embedding; ``None`` means ``4 * base_channels``.
-        groups: GroupNorm groups (capped at the width); must divide every feature width.
-        grad_checkpoint: recompute each ResBlock / attention block in backward while training.
+    ``UNet(config)`` or ``UNet(**fields of UNetConfig)``.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        num_classes: int,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        base_channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2, 4),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16, 8),
-        attn_heads: int = 4,
-        dropout: float = 0.1,
-        grad_checkpoint: bool = False,
-        emb_channels: int | None = None,
-        groups: int = 32,
-    ) -> None:
+    config_class = UNetConfig  # the registry reads the hyper-parameter names off it
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
-        # Hydra hands over ListConfig objects: normalise to plain Python types first.
-        channel_mult = [int(m) for m in channel_mult]
-        attn_resolutions = sorted({int(r) for r in attn_resolutions}, reverse=True)
-        emb_channels = 4 * base_channels if emb_channels is None else int(emb_channels)
-        self._validate(
-            image_size,
-            num_classes,
-            base_channels,
-            channel_mult,
-            num_res_blocks,
-            attn_resolutions,
-            dropout,
-            emb_channels,
-        )
-        self.config: dict[str, Any] = dict(
-            image_size=image_size,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            base_channels=base_channels,
-            channel_mult=channel_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            attn_heads=attn_heads,
-            dropout=dropout,
-            grad_checkpoint=grad_checkpoint,
-            emb_channels=emb_channels,
-            groups=groups,
-        )
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.grad_checkpoint = grad_checkpoint
+        if config is None:
+            config = UNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("Pass either a UNetConfig or its fields as keywords, not both.")
+        self.config = cfg = config
+        self.image_size = cfg.image_size
+        self.num_classes = cfg.num_classes
+        self.in_channels = cfg.in_channels
+        self.grad_checkpoint = cfg.grad_checkpoint
 
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_channels, dropout, groups)
+        self.time_emb = TimestepEmbedding(cfg.base_channels, cfg.emb_channels)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.emb_channels)  # last: null class
+        self.input_conv = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
 
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, attn_heads, groups)
+        self.enc = nn.ModuleDict()
+        ch = cfg.base_channels
+        for level, (mult, r) in enumerate(zip(cfg.channel_mult, cfg.resolutions, strict=True)):
+            if level > 0:
+                self.enc[f"{r}x{r}_down"] = Downsample(ch)
+            for i in range(cfg.num_res_blocks):
+                attn = r in cfg.attn_resolutions
+                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(
+                    ch, cfg.base_channels * mult, r, attn, cfg
+                )
+                ch = cfg.base_channels * mult
 
-        self.time_emb = TimestepEmbedding(base_channels, emb_channels)
-        self.class_emb = nn.Embedding(num_classes + 1, emb_channels)  # last row: null class
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        r = cfg.resolutions[-1]
+        self.mid = nn.ModuleDict()
+        self.mid[f"{r}x{r}_in0"] = UNetBlock(ch, ch, r, r in cfg.attn_resolutions, cfg)
+        self.mid[f"{r}x{r}_in1"] = UNetBlock(ch, ch, r, False, cfg)
 
-        # Encoder. `skips` records the width of every tensor pushed onto the skip stack.
-        ch, skips = base_channels, [base_channels]
-        self.down = nn.ModuleList()
-        for i, mult in enumerate(channel_mult):
-            level, use_attn = _Level(), (image_size >> i) in attn_resolutions
-            for _ in range(num_res_blocks):
-                level.res.append(res(ch, base_channels * mult))
-                ch = base_channels * mult
-                if use_attn:
-                    level.attn.append(attn(ch))
-                skips.append(ch)
-            if i < len(channel_mult) - 1:
-                level.resample = Downsample(ch)
-                skips.append(ch)
-            self.down.append(level)
-
-        lowest = image_size >> (len(channel_mult) - 1)
-        self.mid = nn.ModuleDict({"res0": res(ch, ch)})
-        if lowest in attn_resolutions:
-            self.mid["attn"] = attn(ch)
-        self.mid["res1"] = res(ch, ch)
-
-        # Decoder, stored in level order (up.i at the resolution of down.i) but run in reverse.
-        up_levels: list[_Level] = []
-        for i, mult in reversed(list(enumerate(channel_mult))):
-            level, use_attn = _Level(), (image_size >> i) in attn_resolutions
-            for _ in range(num_res_blocks + 1):
-                level.res.append(res(ch + skips.pop(), base_channels * mult))
-                ch = base_channels * mult
-                if use_attn:
-                    level.attn.append(attn(ch))
-            if i > 0:
-                level.resample = Upsample(ch)
-            up_levels.append(level)
-        assert not skips, "skip bookkeeping is off"
-        self.up = nn.ModuleList(reversed(up_levels))
+        # Skip widths, read off the modules that push them (the input conv, then the encoder).
+        skips = [self.input_conv.out_channels] + [m.out_channels for m in self.enc.values()]
+        self.dec = nn.ModuleDict()
+        levels = list(zip(cfg.channel_mult, cfg.resolutions, strict=True))
+        for level, (mult, r) in reversed(list(enumerate(levels))):
+            if level < len(levels) - 1:
+                self.dec[f"{r}x{r}_up"] = Upsample(ch)
+            for i in range(cfg.num_res_blocks + 1):
+                attn = r in cfg.attn_resolutions
+                c_in = ch + skips.pop()
+                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(
+                    c_in, cfg.base_channels * mult, r, attn, cfg
+                )
+                ch = cfg.base_channels * mult
+        assert not skips, "every encoder output must be consumed by one decoder block"
 
         self.out = nn.Sequential(
-            group_norm(ch, groups),
+            group_norm(ch, cfg.groups),
             nn.SiLU(),
-            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
         )
 
+        # Modules are registered in execution order, so this dict is in execution order too.
         self._attn_blocks: dict[str, AttentionBlock] = {}
+        self._attn_resolution: dict[str, int] = {}
         for name, module in self.named_modules():
-            if isinstance(module, AttentionBlock):
-                module.name = name
-                self._attn_blocks[name] = module
-        # Execution order rather than registration order (the decoder is stored reversed).
-        names = [f"down.{i}." for i in range(len(channel_mult))] + ["mid."]
-        names += [f"up.{i}." for i in reversed(range(len(channel_mult)))]
-        self._attn_names = [n for p in names for n in self._attn_blocks if n.startswith(p)]
-
-    @staticmethod
-    def _validate(
-        image_size: int,
-        num_classes: int,
-        base_channels: int,
-        channel_mult: list[int],
-        num_res_blocks: int,
-        attn_resolutions: list[int],
-        dropout: float,
-        emb_channels: int,
-    ) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not channel_mult or min(channel_mult) < 1:
-            raise ValueError(f"channel_mult must be a non-empty list of ints >= 1: {channel_mult}")
-        if base_channels < 1 or emb_channels < 1 or num_res_blocks < 1:
-            raise ValueError(
-                "base_channels, emb_channels and num_res_blocks must be >= 1, got "
-                f"{base_channels}, {emb_channels}, {num_res_blocks}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        factor = 2 ** (len(channel_mult) - 1)
-        if image_size < 1 or image_size % factor != 0:
-            examples = ", ".join(str(factor * k) for k in range(1, 9))
-            raise ValueError(
-                f"image_size={image_size} is not divisible by {factor} = 2**(len(channel_mult)-1) "
-                f"for channel_mult={channel_mult}; sizes that work: {examples}, ... "
-                f"(or change channel_mult)"
-            )
-        available = [image_size >> i for i in range(len(channel_mult))]
-        missing = [r for r in attn_resolutions if r not in available]
-        if missing:
-            raise ValueError(
-                f"attn_resolutions {missing} do not occur in this network; with image_size="
-                f"{image_size} and channel_mult={channel_mult} the resolutions are {available}"
-            )
+            if isinstance(module, UNetBlock) and module.attn is not None:
+                module.attn.name = f"{name}.attn"
+                self._attn_blocks[module.attn.name] = module.attn
+                self._attn_resolution[module.attn.name] = module.resolution
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -221,11 +213,7 @@ class UNet(nn.Module):
 
     def attention_layers(self) -> dict[str, int]:
         """{attention block name: pixel resolution (side length)}, in execution order."""
-        out = {}
-        for name in self._attn_names:
-            part, idx = name.split(".")[:2]
-            out[name] = self.image_size >> (len(self.down) - 1 if part == "mid" else int(idx))
-        return out
+        return dict(self._attn_resolution)
 
     @contextmanager
     def capture_attention(self) -> Iterator[dict[str, Tensor]]:
@@ -294,31 +282,23 @@ class UNet(nn.Module):
         emb = self.time_emb(t) + self.class_embedding(y)  # (B, E)
 
         h = self.input_conv(x)  # (B, base, H, W)
-        hs = [h]
-        for level in self.down:
-            for i, block in enumerate(level.res):
-                h = self._run(block, h, emb)
-                if len(level.attn):
-                    h = self._run(level.attn[i], h)
-                hs.append(h)
-            if level.resample is not None:
-                h = level.resample(h)  # (B, C, H/2, W/2)
-                hs.append(h)
-
-        h = self._run(self.mid["res0"], h, emb)
-        if "attn" in self.mid:
-            h = self._run(self.mid["attn"], h)
-        h = self._run(self.mid["res1"], h, emb)
-
-        for level in reversed(self.up):
-            for i, block in enumerate(level.res):
-                h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb)
-                if len(level.attn):
-                    h = self._run(level.attn[i], h)
-            if level.resample is not None:
-                h = level.resample(h)  # (B, C, 2H, 2W)
-
+        skips = [h]
+        for module in self.enc.values():
+            h = self._block(module, h, emb)  # a block, or a stride-2 conv to (B, C, H/2, W/2)
+            skips.append(h)
+        for block in self.mid.values():
+            h = self._block(block, h, emb)
+        for module in self.dec.values():
+            if isinstance(module, UNetBlock):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self._block(module, h, emb)  # a block, or nearest x2 + conv to (B, C, 2H, 2W)
         return self.out(h)  # (B, C_out, H, W)
 
+    def _block(self, module: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+        if not isinstance(module, UNetBlock):
+            return module(h)  # Downsample / Upsample
+        h = self._run(module.res, h, emb)
+        return h if module.attn is None else self._run(module.attn, h)
+
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.config.items())
+        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())

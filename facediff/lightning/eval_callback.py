@@ -16,15 +16,17 @@ from the same seed: nothing to synchronise.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 
-from facediff.callbacks import EMAValidationCallback, module_generator
+from facediff.diffusion.settings import SamplingSettings
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
+from facediff.lightning.callbacks import EMAValidationCallback, as_settings, module_generator
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +38,18 @@ class EvalMetrics(EMAValidationCallback):
     Args:
         cache_dir: where the evaluation classifier is cached (trained at the start of fit on
             the training split when missing; evaluate.py reuses the same cache).
+        sampling: sampler settings (conf/sampling/default.yaml's unless overridden).
         classifier: `classifier_for` settings (epochs, lr, widths, seed, path).
-        sampler, steps, guidance, seed: sampling settings (see sample.py).
     """
+
+    name = "eval_metrics"
 
     def __init__(
         self,
         cache_dir: str,
+        sampling: Mapping[str, Any] | SamplingSettings,
         every_n_epochs: int = 5,
         n_per_class: int = 64,
-        sampler: str = "dpmpp",
-        steps: int = 20,
-        guidance: float = 3.0,
-        seed: int = 0,
         kid_subset_size: int = 100,
         classifier: dict[str, Any] | None = None,
     ) -> None:
@@ -57,13 +58,14 @@ class EvalMetrics(EMAValidationCallback):
         self.cache_dir = cache_dir
         self.every_n_epochs = every_n_epochs
         self.n_per_class = n_per_class
-        self.sampling = {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed}
+        self.sampling = as_settings(sampling, self.name)
         self.kid_subset_size = kid_subset_size
         self.classifier_settings = dict(classifier or {})
         self.clf: FaceClassifier | None = None
         self.val_features: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # sampling steps against T, before any work
         if stage != "fit" or self.clf is not None:
             return
         dm = trainer.datamodule
@@ -89,7 +91,7 @@ class EvalMetrics(EMAValidationCallback):
     def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.clf is not None and self.val_features is not None
         gen = module_generator(pl_module)  # validation runs in eval mode anyway
-        images, names = gen.sample(n_per_class=self.n_per_class, **self.sampling)
+        images, names = gen.sample(n_per_class=self.n_per_class, settings=self.sampling)
         labels = torch.tensor([gen.class_id(n) for n in names])
         logits, features = predict(self.clf, images)
         consistency, _ = metrics.accuracy(logits, labels, len(gen.class_names))

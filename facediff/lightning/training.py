@@ -12,9 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
+from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
-from facediff.loggers import build_logger, config_for_logging, finish_loggers
-from facediff.module import DiffusionModule
+from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
+from facediff.lightning.module import DiffusionModule
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:
         class_names=list(class_names),
         image_size=int(cfg.data.image_size),
         data=plain(cfg.data),
+        optimizer=instantiate(cfg.optim.optimizer),  # user config (conf/), never a checkpoint's
         **plain(cfg.module),
     )
 
@@ -71,7 +73,7 @@ def run(cfg: DictConfig) -> float | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg, datamodule.class_names)
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, dict(module.hparams))

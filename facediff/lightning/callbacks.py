@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from facediff import figures, visualize
-from facediff.generator import Generator
+from facediff import tensor_figures as figures
+from facediff.diffusion.sampling import check_fits
+from facediff.diffusion.settings import SamplingSettings
+from facediff.inference import model_figures
+from facediff.inference.generator import Generator
+from facediff.untrusted import inside
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +30,21 @@ def module_generator(pl_module: L.LightningModule) -> Generator:
     return Generator(
         pl_module.net,
         pl_module.schedule,
+        pl_module.objective,
         pl_module.class_names,
         pl_module.hparams.image_size,
         device=pl_module.device,
     )  # sets eval(); callers restore train mode where it matters
+
+
+def as_settings(sampling: Mapping[str, Any] | SamplingSettings, name: str) -> SamplingSettings:
+    """A callback's sampling settings, checked when the callback is built (at the run's start)."""
+    if isinstance(sampling, SamplingSettings):
+        return sampling
+    try:
+        return SamplingSettings.from_config(sampling)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"callbacks.{name}.sampling: {err}") from err
 
 
 class EMAValidationCallback(Callback, ABC):
@@ -38,6 +54,17 @@ class EMAValidationCallback(Callback, ABC):
     could see them)."""
 
     every_n_epochs: int = 1
+    sampling: SamplingSettings
+    name: str = "callback"  # its key under `callbacks` in the config, for error messages
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """At the start of the run, refuse settings that cannot work with this model: more
+        steps than its T, or a deterministic sampler with an epsilon model at zero SNR (the
+        rest of the settings was checked when the callback was built)."""
+        try:
+            check_fits(self.sampling, pl_module.schedule, pl_module.objective)
+        except ValueError as err:
+            raise ValueError(f"callbacks.{self.name}.sampling: {err}") from err
 
     @abstractmethod
     def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -64,19 +91,18 @@ class SampleGrid(EMAValidationCallback):
 
     Sampling happens right after the first validation batch, when Lightning's weight averaging
     has swapped the EMA weights in (whatever the order of the callbacks), and once more at the
-    end of fit, when the module holds the final EMA weights. The noise is drawn from `seed`, so
-    the figures of different epochs start from the same noise.
+    end of fit, when the module holds the final EMA weights. `sampling` holds the sampler
+    settings (conf/sampling/default.yaml's unless overridden); the noise is drawn from its seed,
+    so the figures of different epochs start from the same noise.
     """
+
+    name = "sample_grid"
 
     def __init__(
         self,
+        sampling: Mapping[str, Any] | SamplingSettings,
         every_n_epochs: int = 1,
         n_per_class: int = 8,
-        sampler: str = "ddpm",
-        steps: int = 100,
-        guidance: float = 3.0,
-        eta: float = 0.0,
-        seed: int = 0,
         denoising_frames: int | None = None,
         attention: bool = False,
         dirname: str = "samples",
@@ -85,13 +111,7 @@ class SampleGrid(EMAValidationCallback):
             raise ValueError("callbacks.sample_grid: every_n_epochs and n_per_class must be >= 1.")
         self.every_n_epochs = every_n_epochs
         self.n_per_class = n_per_class
-        self.sampling = {
-            "sampler": sampler,
-            "steps": steps,
-            "guidance": guidance,
-            "eta": eta,
-            "seed": seed,
-        }
+        self.sampling = as_settings(sampling, self.name)
         self.denoising_frames = denoising_frames
         self.attention = attention
         self.dirname = dirname
@@ -122,21 +142,21 @@ class SampleGrid(EMAValidationCallback):
         out_dir = Path(trainer.default_root_dir) / self.dirname
         out_dir.mkdir(parents=True, exist_ok=True)
         names = gen.class_names
-        images, _ = gen.sample(n_per_class=self.n_per_class, **self.sampling)
+        images, _ = gen.sample(n_per_class=self.n_per_class, settings=self.sampling)
         rows = list(images.split(self.n_per_class))  # one row of n images per class
         scale = max(1, 64 // gen.image_size)  # small images are shown enlarged
         figures.labelled_grid(rows, names, scale=scale).save(out_dir / f"{name}.png")
         logged = {"samples": ([make_grid(r, nrow=self.n_per_class) for r in rows], names)}
         if self.denoising_frames:
-            strip, _ = visualize.denoising_strip(
-                gen, names, self.denoising_frames, scale=scale, **self.sampling
+            strip, _ = model_figures.denoising_strip(
+                gen, names, self.sampling, self.denoising_frames, scale=scale
             )
             strip.save(out_dir / f"{name}-denoising.png")
             logged["denoising"] = ([strip], ["x_t and predicted x_0 per class"])
         if self.attention and gen.net.attention_layers():
-            figs = visualize.attention_figures(gen, names, scale=scale, **self.sampling)
+            figs = model_figures.attention_figures(gen, names, self.sampling, scale=scale)
             for cls, fig in figs.items():
-                fig.save(out_dir / f"{name}-attention-{cls}.png")
+                fig.save(inside(out_dir, f"{name}-attention-{cls}.png"))
             logged["attention"] = (list(figs.values()), list(figs))
         pl_module.train(was_training)
         self._last_written = (trainer.global_step, name)

@@ -2,37 +2,34 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 
-from facediff.diffusion.objective import diffusion_loss, drop_labels
-from facediff.diffusion.schedule import NoiseSchedule
+from facediff.checkpoint import CHECKPOINT_FORMAT, upgrade_checkpoint
+from facediff.diffusion.objective import build_diffusion, diffusion_loss, drop_labels
+from facediff.lightning.optim import parameter_groups, warmup_cosine
+from facediff.models.registry import build_model, model_record
 
-CHECKPOINT_FORMAT = 1
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 class DiffusionModule(L.LightningModule):
     """Class-conditional DDPM training.
 
-    All arguments are plain containers (they are saved into every checkpoint, which is then
-    enough to rebuild the model for sampling):
-        model: the network's config, a dict with `_target_` (see conf/model/).
-        diffusion: keyword arguments of `NoiseSchedule` (see conf/diffusion/).
-        optim: `optimizer` (a partial `_target_` config) and `scheduler` (warm-up and cosine).
+    All arguments but `optimizer` are plain containers (they are saved into every checkpoint,
+    which is then enough to rebuild the model for sampling):
+        model: the network's config, `{name: <key of facediff.models.registry.MODELS>, ...}`
+            (see conf/model/); the network is built through the registry, never by importing
+            a name, so `load_from_checkpoint` on a crafted file cannot call code.
+        diffusion: the schedule (`NoiseSchedule`) and objective (`Objective`: prediction,
+            min_snr_gamma) settings, as in conf/diffusion/.
+        optim: the optimizer config as composed (kept as a record) and `scheduler` (warm-up
+            and cosine; plain numbers, used).
         class_names: the names of the conditioning classes, in label order.
         image_size: the side of the square training images.
         p_uncond: per-sample probability of dropping the label (classifier-free guidance).
@@ -40,6 +37,9 @@ class DiffusionModule(L.LightningModule):
         val_seed: seed of the fixed validation noise.
         data: the run's data config (unused in training; evaluate.py rebuilds the data from it,
             so that it scores the model against the test split the model never saw).
+        optimizer: params -> optimizer, built by train.py from the composed config (conf/).
+            Not a hyper-parameter: it is never saved, so a module rebuilt from a checkpoint's
+            stored hparams has none and cannot train until one is given.
     """
 
     def __init__(
@@ -53,14 +53,16 @@ class DiffusionModule(L.LightningModule):
         val_timesteps: int = 10,
         val_seed: int = 0,
         data: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"module.p_uncond must be in [0, 1), got {p_uncond}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
         self.class_names = list(class_names)
-        self.net = instantiate(model, image_size=image_size, num_classes=len(class_names))
-        self.schedule = NoiseSchedule(**diffusion)
+        self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
+        self.schedule, self.objective = build_diffusion(diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
         self.val_t = steps.tolist()
@@ -73,7 +75,9 @@ class DiffusionModule(L.LightningModule):
         x0, y = batch  # (B,3,H,W) in [-1, 1], (B,)
         y = drop_labels(y, self.hparams.p_uncond, null_id=self.num_classes)
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=self.device)
-        loss = diffusion_loss(self.net, self.schedule, x0, y, t, torch.randn_like(x0)).mean()
+        loss = diffusion_loss(
+            self.net, self.schedule, self.objective, x0, y, t, torch.randn_like(x0)
+        ).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
@@ -85,7 +89,7 @@ class DiffusionModule(L.LightningModule):
         for t_val in self.val_t:
             eps = torch.randn(x0.shape, generator=gen).to(x0)
             t = torch.full((x0.shape[0],), t_val, device=self.device, dtype=torch.long)
-            loss_t = diffusion_loss(self.net, self.schedule, x0, y, t, eps).mean()
+            loss_t = diffusion_loss(self.net, self.schedule, self.objective, x0, y, t, eps).mean()
             self.log(f"val_t/loss_t{t_val:04d}", loss_t, on_epoch=True, sync_dist=True)
             losses.append(loss_t)
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
@@ -94,9 +98,15 @@ class DiffusionModule(L.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.hparams.optim
-        optimizer = instantiate(optim["optimizer"])(self.parameters())
-        sched = optim["scheduler"]
+        if self.optimizer_factory is None:
+            raise RuntimeError(
+                "This DiffusionModule has no optimizer: modules rebuilt from a checkpoint's "
+                "stored hyper-parameters never build one from them (a checkpoint must not choose "
+                "code). Train with train.py (ckpt_path=... to resume), or pass optimizer=."
+            )
+        # Norms, biases and embeddings are never weight-decayed (see parameter_groups).
+        optimizer = self.optimizer_factory(parameter_groups(self.net))
+        sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
             warmup_steps=sched["warmup_steps"],
@@ -110,5 +120,14 @@ class DiffusionModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A marker so that sampling and resume can tell a facediff checkpoint from any other.
+        # A marker so that sampling and resume can tell a facediff checkpoint from any other,
+        # and the network's full config (e.g. UNetConfig), which sampling rebuilds it from.
         checkpoint["facediff"] = {"format": CHECKPOINT_FORMAT, "class_names": self.class_names}
+        record = model_record(self.net)
+        if record is not None:
+            checkpoint["facediff"]["model"] = record
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resume and load_from_checkpoint of a format-1 file: rename its UNet weights first.
+        if isinstance(checkpoint.get("facediff"), dict):
+            upgrade_checkpoint(checkpoint)

@@ -1,0 +1,1 @@
+"""The bodies of the sample.py and evaluate.py entry points."""

@@ -1,0 +1,131 @@
+"""Scoring samples of a checkpoint against the real data: the pieces of evaluate.py that embed
+real images and generated ones and compute the metrics of one sampling setting."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from facediff.diffusion.settings import SamplingSettings
+from facediff.evaluation import metrics
+from facediff.evaluation.classifier import FaceClassifier, cache_key
+from facediff.evaluation.features import FeatureSpace, cached, embed
+from facediff.evaluation.images import iter_images
+from facediff.inference.generator import Generator
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("class_consistency", "consistency_ratio", "fid", "fid_floor", "fid_ratio",
+            "kid_mean", "kid_std", "kid_mean_floor")  # fmt: skip
+
+
+def real_features(
+    dm: Any, clf: FaceClassifier, clf_key: str, space: FeatureSpace, cache_dir: Path
+) -> dict[str, Tensor]:
+    """Classifier logits, features and labels of the real test split, features of the real
+    training split, and features and labels of the validation split (the FID/KID floor: real
+    faces against real faces); cached per data content, image size, classifier and space."""
+    key = cache_key(
+        {
+            "space": space.name,
+            "classifier": clf_key,
+            "size": dm.image_size,
+            "test": dm.split_digest("test"),
+            "train": dm.split_digest("train"),
+            "val": dm.split_digest("val"),
+        }
+    )
+
+    def compute() -> dict[str, Tensor]:
+        out: dict[str, list[Tensor]] = {"test_logits": [], "test_features": [], "test_labels": []}
+        for images, labels in iter_images(dm.eval_dataset("test")):
+            logits, features = embed(clf, space, images)
+            out["test_logits"].append(logits)
+            out["test_features"].append(features)
+            out["test_labels"].append(labels)
+        out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"))]
+        val = list(iter_images(dm.eval_dataset("val")))
+        out["val_features"] = [space(x) for x, _ in val]
+        out["val_labels"] = [y for _, y in val]
+        return {name: torch.cat(parts) for name, parts in out.items()}
+
+    return cached(cache_dir / "features" / f"real-{key}.pt", compute)
+
+
+def generate(
+    gen: Generator,
+    clf: FaceClassifier,
+    space: FeatureSpace,
+    n_per_class: int,
+    settings: SamplingSettings,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Samples of every class with their classifier logits and features, and the time taken."""
+    start = time.perf_counter()
+    images, names = gen.sample(n_per_class=n_per_class, settings=settings, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    labels = torch.tensor([gen.class_id(n) for n in names])
+    logits, features = embed(clf, space, images)
+    return {
+        "images": images,
+        "labels": labels,
+        "logits": logits,
+        "features": features,
+        "seconds_per_image": seconds / len(labels),
+    }
+
+
+@dataclass
+class Scorer:
+    """Everything that stays fixed while sampling settings vary: the model, the judges, the real
+    features and the memorisation threshold. `scorer(n_per_class, settings)` draws samples and
+    returns (their metrics, the samples with their embeddings)."""
+
+    gen: Generator
+    clf: FaceClassifier
+    space: FeatureSpace
+    real: dict[str, Tensor]
+    threshold: float
+    kid_subsets: int
+    kid_subset_size: int
+    batch_size: int
+
+    def __call__(
+        self, n_per_class: int, settings: SamplingSettings
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        log.info("Sampling %d per class: %s", n_per_class, settings)
+        fake = generate(self.gen, self.clf, self.space, n_per_class, settings, self.batch_size)
+        fake["nn_distances"], fake["nn_indices"] = metrics.nearest(
+            fake["features"], self.real["train_features"]
+        )
+        result = metrics.group_metrics(
+            fake_logits=fake["logits"],
+            fake_features=fake["features"],
+            fake_labels=fake["labels"],
+            real_logits=self.real["test_logits"],
+            real_features=self.real["test_features"],
+            real_labels=self.real["test_labels"],
+            nn_distances=fake["nn_distances"],
+            class_names=self.gen.class_names,
+            threshold=self.threshold,
+            kid_subsets=self.kid_subsets,
+            kid_subset_size=self.kid_subset_size,
+            floor_features=self.real["val_features"],
+            floor_labels=self.real["val_labels"],
+        )
+        result["seconds_per_image"] = fake["seconds_per_image"]
+        log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",
+                 result["class_consistency"], result["fid"], result.get("fid_floor") or 0.0,
+                 fake["seconds_per_image"])  # fmt: skip
+        return result, fake
+
+    def headline(self, n_per_class: int, settings: SamplingSettings) -> dict[str, Any]:
+        """The main numbers of one sweep point."""
+        result, _ = self(n_per_class, settings)
+        return {k: result[k] for k in (*HEADLINE, "seconds_per_image")}

@@ -1,0 +1,1 @@
+"""Lightning glue: module, callbacks (incl. the evaluation callback), EMA, training run."""
