@@ -16,8 +16,9 @@ import torch
 from benchmarks.bench_train import error_text
 from benchmarks.common import autocast, interleave, summarize
 from benchmarks.models import build_model, model_size
+from facediff.diffusion.objective import build_diffusion
 from facediff.diffusion.sampling import sample
-from facediff.diffusion.schedule import NoiseSchedule
+from facediff.diffusion.settings import SamplingSettings
 
 USUAL_STEPS = {"ddpm": 100, "ddim": 50, "dpmpp": 25}  # sample_grid, common DDIM, sample.yaml
 
@@ -36,7 +37,8 @@ def run_sampling(
 ) -> dict[str, dict[str, Any]]:
     """{"model/sampler": result}, all cases interleaved."""
     samplers = dict(samplers or USUAL_STEPS)
-    schedule = NoiseSchedule(num_steps=500, schedule="cosine").to(device)
+    schedule, objective = build_diffusion({"num_steps": 500, "prediction": "v"})
+    schedule = schedule.to(device)
     cases, meta, errors = {}, {}, {}
     for name in models:
         try:
@@ -52,7 +54,8 @@ def run_sampling(
 
             def run(net=net, y=y, x_T=x_T, sampler=sampler, steps=steps) -> None:
                 with torch.inference_mode(), autocast(device, precision):
-                    sample(net, schedule, y, x_T, sampler=sampler, steps=steps, guidance=guidance)
+                    settings = SamplingSettings(sampler, steps, guidance, eta=0.0, seed=0)
+                    sample(net, schedule, objective, y, x_T, settings)
 
             key = f"{name}/{sampler}"
             cases[key] = run

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from facediff.ema import EMADecay
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import autocast, interleave, summarize, sync
 from benchmarks.models import build_model, model_size, num_parameters, set_grad_checkpoint
-from facediff.diffusion.objective import diffusion_loss
-from facediff.diffusion.schedule import NoiseSchedule
+from facediff.diffusion.objective import build_diffusion, diffusion_loss
+from facediff.lightning.ema import EMADecay
 
 
 def error_text(exc: BaseException) -> str:
@@ -63,7 +62,8 @@ class TrainStep:
         self.ema_current = [t.detach() for t in averaged]
         self.ema = [t.detach().clone() for t in averaged]
         self.ema_steps = torch.tensor(10_000)
-        self.schedule = NoiseSchedule(num_steps=500, schedule="cosine").to(device)
+        self.schedule, self.objective = build_diffusion({"num_steps": 500, "prediction": "v"})
+        self.schedule = self.schedule.to(device)
         g = torch.Generator().manual_seed(0)
         x0 = torch.rand(batch, 3, self.size, self.size, generator=g) * 2 - 1
         self.x0 = x0.to(device).contiguous(memory_format=fmt)
@@ -74,7 +74,9 @@ class TrainStep:
         t = torch.randint(0, self.schedule.num_steps, (self.batch,), device=self.device)
         noise = torch.randn_like(self.x0)
         with autocast(self.device, self.case.precision):
-            return diffusion_loss(self.forward, self.schedule, self.x0, self.y, t, noise).mean()
+            return diffusion_loss(
+                self.forward, self.schedule, self.objective, self.x0, self.y, t, noise
+            ).mean()
 
     def ema_update(self) -> None:
         self.ema_avg(self.ema, self.ema_current, self.ema_steps)

@@ -31,7 +31,8 @@ def test_every_group_option_composes(compose_cfg, override, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     extra = []
-    if override in ("trainer=gpu", "trainer=ddp") and not torch.cuda.is_available():
+    gpu_options = ("trainer=gpu", "trainer=ddp", "experiment=utkface64")
+    if override in gpu_options and not torch.cuda.is_available():
         devices = 2 if override == "trainer=ddp" else 1
         # fp16 autocast needs a GPU
         extra += ["trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.precision=32"]

@@ -277,8 +277,24 @@ def test_per_sample_generators_make_samples_independent_of_batching(sampler):
     ],
 )
 def test_deterministic_samplers_refuse_an_eps_model_at_zero_snr(diffusion, sampler, eta, refused):
-    s = NoiseSchedule(500, **diffusion)
-    problem = deterministic_start_problem(s.prediction, sampler, eta, float(s.alpha_bar[-1]))
+    s, objective = build_diffusion({"num_steps": 500, **diffusion})
+    problem = deterministic_start_problem(
+        objective.prediction, sampler, eta, float(s.alpha_bar[-1])
+    )
     assert (problem is not None) == refused
     if refused:
         assert "sampler=ddpm" in problem and "diffusion.prediction=v" in problem
+
+
+def test_check_fits_refuses_before_sampling_what_cannot_work():
+    from facediff.diffusion.sampling import check_fits
+    from facediff.diffusion.settings import SamplingSettings
+
+    s, eps_model = build_diffusion({"num_steps": 50, "prediction": "eps"})
+    with pytest.raises(ValueError, match=r"diffusion\.prediction=v"):
+        check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0), s, eps_model)
+    with pytest.raises(ValueError, match="steps"):
+        check_fits(SamplingSettings("ddpm", 51, 2.0, 0.0, 0), s, eps_model)
+    check_fits(SamplingSettings("ddpm", 50, 2.0, 0.0, 0), s, eps_model)
+    _, v_model = build_diffusion({"num_steps": 50, "prediction": "v"})
+    check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0), s, v_model)

@@ -123,19 +123,12 @@ def test_grad_checkpoint_same_gradients() -> None:
 
 def test_trains_a_step_through_the_lightning_module(compose_cfg) -> None:
     import lightning as L
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, TensorDataset
 
-    from facediff.lightning.module import DiffusionModule
+    from facediff.lightning.training import build_module
 
-    cfg = compose_cfg("model=original")  # the Hydra config group resolves to this class
-    module = DiffusionModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        class_names=["a", "b", "c"],
-        image_size=16,
-    )
+    cfg = compose_cfg("model=original", "data.image_size=16")  # the config group -> this class
+    module = build_module(cfg, ["a", "b", "c"])
     assert isinstance(module.net, OriginalUNet) and module.net.num_classes == NUM_CLASSES
     data = TensorDataset(torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0]))
     before = {n: p.detach().clone() for n, p in module.net.named_parameters()}

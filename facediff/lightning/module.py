@@ -104,8 +104,11 @@ class DiffusionModule(L.LightningModule):
                 "stored hyper-parameters never build one from them (a checkpoint must not choose "
                 "code). Train with train.py (ckpt_path=... to resume), or pass optimizer=."
             )
-        # Norms, biases and embeddings are never weight-decayed (see parameter_groups).
+        # Norms, biases and embeddings are never weight-decayed (see parameter_groups); without
+        # weight decay one group does (and the LR is logged as plain `lr-<optimizer>`).
         optimizer = self.optimizer_factory(parameter_groups(self.net))
+        if not optimizer.defaults.get("weight_decay"):
+            optimizer = self.optimizer_factory(self.net.parameters())
         sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
