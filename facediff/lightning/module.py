@@ -104,8 +104,11 @@ class DiffusionModule(L.LightningModule):
                 "stored hyper-parameters never build one from them (a checkpoint must not choose "
                 "code). Train with train.py (ckpt_path=... to resume), or pass optimizer=."
             )
-        # Norms, biases and embeddings are never weight-decayed (see parameter_groups).
-        optimizer = self.optimizer_factory(parameter_groups(self.net))
+        # Norms, biases and embeddings are never weight-decayed (see parameter_groups); with
+        # weight_decay 0 (the default recipe) one group, so the LR is logged as lr-AdamW.
+        wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay")
+        params = self.parameters() if wd == 0 else parameter_groups(self.net)
+        optimizer = self.optimizer_factory(params)
         sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
