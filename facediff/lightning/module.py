@@ -104,11 +104,11 @@ class DiffusionModule(L.LightningModule):
                 "stored hyper-parameters never build one from them (a checkpoint must not choose "
                 "code). Train with train.py (ckpt_path=... to resume), or pass optimizer=."
             )
-        # Norms, biases and embeddings are never weight-decayed (see parameter_groups); without
-        # weight decay one group does (and the LR is logged as plain `lr-<optimizer>`).
-        optimizer = self.optimizer_factory(parameter_groups(self.net))
-        if not optimizer.defaults.get("weight_decay"):
-            optimizer = self.optimizer_factory(self.net.parameters())
+        # Norms, biases and embeddings are never weight-decayed (see parameter_groups); with
+        # weight_decay 0 (the default recipe) one group, so the LR is logged as lr-AdamW.
+        wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay")
+        params = self.parameters() if wd == 0 else parameter_groups(self.net)
+        optimizer = self.optimizer_factory(params)
         sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
