@@ -8,6 +8,8 @@ when to use gradient checkpointing.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -173,3 +175,40 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # -> (B,C,2H,2W)
+
+
+def embed_classes(table: nn.Embedding, num_classes: int, y: Tensor) -> Tensor:
+    """Embed class ids (B,) in 0..num_classes (num_classes = null) or class weights
+    (B, num_classes) or (B, num_classes + 1) (last column: null), whose embedding is the
+    weighted sum of the class rows (class blends): (B, E)."""
+    n = num_classes
+    if y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
+        in_range = ((y >= 0) & (y <= n)).all()
+        msg = f"class ids must be in 0..{n} ({n} = null/unconditional class)"
+        if y.is_cuda:  # no host sync on the GPU: a device-side assert instead
+            torch._assert_async(in_range, msg)
+        elif not in_range:
+            raise ValueError(f"{msg}, got {y[(y < 0) | (y > n)].unique().tolist()}")
+        return table(y)  # (B, E)
+    if y.dim() == 2 and y.is_floating_point() and y.shape[1] in (n, n + 1):
+        weight = table.weight[: y.shape[1]]  # (n or n+1, E)
+        return y.to(weight.dtype) @ weight  # (B, E)
+    raise ValueError(
+        f"y must be integer class ids of shape (B,) or float class weights of shape "
+        f"(B, {n}) or (B, {n + 1}); got dtype {y.dtype} and shape {tuple(y.shape)}"
+    )
+
+
+@contextmanager
+def capturing_attention(blocks: Iterable[nn.Module]) -> Iterator[dict[str, Tensor]]:
+    """Point every block's `capture` at one dict for the duration of the `with` block; the
+    blocks store their (detached, float32) weights under their names there."""
+    blocks = list(blocks)
+    maps: dict[str, Tensor] = {}
+    for block in blocks:
+        block.capture = maps
+    try:
+        yield maps
+    finally:
+        for block in blocks:
+            block.capture = None

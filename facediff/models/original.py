@@ -31,24 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-
-def class_embedding(table: nn.Embedding, num_classes: int, y: Tensor) -> Tensor:
-    """Ids (B,) in 0..num_classes (the last = null) or weights (B, K), K in (n, n + 1): (B, E).
-
-    Weights embed as the weighted sum of the rows (class blends), as in ``UNet.class_embedding``.
-    """
-    n = num_classes
-    if y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-        if not y.is_cuda and ((y < 0) | (y > n)).any():
-            raise ValueError(f"class ids must be in 0..{n} ({n} = null/unconditional class)")
-        return table(y)
-    if y.dim() == 2 and y.is_floating_point() and y.shape[1] in (n, n + 1):
-        weight = table.weight[: y.shape[1]]
-        return y.to(weight.dtype) @ weight
-    raise ValueError(
-        f"y must be integer class ids of shape (B,) or float class weights of shape "
-        f"(B, {n}) or (B, {n + 1}); got dtype {y.dtype} and shape {tuple(y.shape)}"
-    )
+from facediff.models.layers import capturing_attention, embed_classes
 
 
 def pos_encoding(t: Tensor, channels: int) -> Tensor:
@@ -224,17 +207,11 @@ class OriginalUNet(nn.Module):
     @contextmanager
     def capture_attention(self) -> Iterator[dict[str, Tensor]]:
         """Inside the block, every forward stores (B, heads, HW, HW) float32 weights per layer."""
-        maps: dict[str, Tensor] = {}
-        for block in self._attn_blocks.values():
-            block.capture = maps
-        try:
+        with capturing_attention(self._attn_blocks.values()) as maps:
             yield maps
-        finally:
-            for block in self._attn_blocks.values():
-                block.capture = None
 
     def class_embedding(self, y: Tensor) -> Tensor:
-        return class_embedding(self.label_emb, self.num_classes, y)
+        return embed_classes(self.label_emb, self.num_classes, y)
 
     def _run(self, block: nn.Module, *args: Tensor) -> Tensor:
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():

@@ -39,6 +39,8 @@ from facediff.models.layers import (
     ResBlock,
     TimestepEmbedding,
     Upsample,
+    capturing_attention,
+    embed_classes,
     group_norm,
     zero_module,
 )
@@ -224,35 +226,14 @@ class UNet(nn.Module):
         forward. The weights are computed explicitly only inside the block, which costs
         O((HW)^2) memory per block; outside it the fused SDPA path runs.
         """
-        maps: dict[str, Tensor] = {}
-        for block in self._attn_blocks.values():
-            block.capture = maps
-        try:
+        with capturing_attention(self._attn_blocks.values()) as maps:
             yield maps
-        finally:
-            for block in self._attn_blocks.values():
-                block.capture = None
 
     def class_embedding(self, y: Tensor) -> Tensor:
         """Embed class ids (B,) in 0..num_classes (num_classes = null) or class weights
         (B, num_classes) or (B, num_classes + 1) (last column: null), whose embedding is the
         weighted sum of the class rows (class blends)."""
-        n = self.num_classes
-        if y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-            in_range = ((y >= 0) & (y <= n)).all()
-            msg = f"class ids must be in 0..{n} ({n} = null/unconditional class)"
-            if y.is_cuda:  # no host sync on the GPU: a device-side assert instead
-                torch._assert_async(in_range, msg)
-            elif not in_range:
-                raise ValueError(f"{msg}, got {y[(y < 0) | (y > n)].unique().tolist()}")
-            return self.class_emb(y)  # (B, E)
-        if y.dim() == 2 and y.is_floating_point() and y.shape[1] in (n, n + 1):
-            weight = self.class_emb.weight[: y.shape[1]]  # (n or n+1, E)
-            return y.to(weight.dtype) @ weight  # (B, E)
-        raise ValueError(
-            f"y must be integer class ids of shape (B,) or float class weights of shape "
-            f"(B, {n}) or (B, {n + 1}); got dtype {y.dtype} and shape {tuple(y.shape)}"
-        )
+        return embed_classes(self.class_emb, self.num_classes, y)
 
     def _run(self, block: nn.Module, *args: Tensor) -> Tensor:
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
