@@ -34,11 +34,17 @@ def test_compiled_channels_last_run_checkpoints_resumes_and_samples(tiny_cfg, mo
     for name, tensor in ckpt["state_dict"].items():
         assert torch.isfinite(tensor.float()).all(), name
 
-    resumed = tiny_cfg("trainer.max_steps=5", "trainer.max_epochs=3", f"ckpt_path={last}", *switches, name="resumed")
+    resumed = tiny_cfg(
+        "trainer.max_steps=5",
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
+        *switches,
+        name="resumed",
+    )
     run(resumed)
     again = load_checkpoint(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert again["global_step"] == 5
 
     gen = Generator.from_checkpoint(last, device="cpu")  # a plain network, whatever trained it
-    images, names = gen.sample(n_per_class=1, steps=2, seed=0)
+    images, _ = gen.sample(n_per_class=1, steps=2, seed=0)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
