@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192 x 8192; Pillow's own warning starts at ~89 M
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
+
 @dataclass
 class Decoded:
     """Outcome of reading one file. ``image`` is (3, S, S) uint8 when a load size was given."""

@@ -17,9 +17,7 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_class_folders(
-    root: str | os.PathLike[str], skipped: list[str] | None = None
-) -> list[str]:
+def list_class_folders(root: str | os.PathLike[str], skipped: list[str] | None = None) -> list[str]:
     """Sorted names of the non-hidden sub-folders of ``root``. Entries that cannot be used
     (symlink loops, names that are not UTF-8; see `facediff.data.entries`) are left out and,
     when ``skipped`` is given, appended to it as "name: reason"."""

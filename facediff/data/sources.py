@@ -123,9 +123,7 @@ def _list_utkface(root: Path, classes: Any, attribute: str) -> Listing:
             "Fix: change `classes` so every class selects images that exist."
         )
     n_files = len(records) + len(malformed) + len(skipped)
-    return Listing(
-        root, "utkface", selector.names, relpaths, labels, n_files, malformed, skipped
-    )
+    return Listing(root, "utkface", selector.names, relpaths, labels, n_files, malformed, skipped)
 
 
 def _list_folder(root: Path, classes: Any) -> Listing:
