@@ -15,6 +15,7 @@ rename, so
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 STALE_TEMP_S = 3600.0
+_NAME_CLASH = {errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR}
 FILE_MODE = 0o644  # mkstemp creates 0600; caches and outputs are not secret
 
 
@@ -126,9 +128,11 @@ def publish_folder(
         try:
             os.rename(tmp, target)  # fails on an existing non-empty folder, never merges
             return True
-        except OSError:
-            if not target.exists() and not target.is_symlink():
-                raise  # not a name clash: a real error (permissions, another file system)
+        except OSError as exc:
+            if exc.errno not in _NAME_CLASH:
+                raise  # a real error (permissions, another file system), not a name clash
+        if not target.exists() and not target.is_symlink():
+            continue  # another writer moved it aside meanwhile: try again
         if is_complete(target):
             shutil.rmtree(tmp, ignore_errors=True)
             return False
