@@ -30,12 +30,15 @@ def real_features(
 ) -> dict[str, Tensor]:
     """Classifier logits, features and labels of the real test split, features of the real
     training split, and features and labels of the validation split (the FID/KID floor: real
-    faces against real faces); cached per data content, image size, classifier and space."""
+    faces against real faces); cached per data content, image and load size, classifier and
+    space (with its weights file's hash)."""
     key = cache_key(
         {
             "space": space.name,
+            "weights": space.weights_digest,
             "classifier": clf_key,
             "size": dm.image_size,
+            "load_size": dm.load_size,
             "test": dm.split_digest("test"),
             "train": dm.split_digest("train"),
             "val": dm.split_digest("val"),
@@ -55,7 +58,7 @@ def real_features(
         out["val_labels"] = [y for _, y in val]
         return {name: torch.cat(parts) for name, parts in out.items()}
 
-    return cached(cache_dir / "features" / f"real-{key}.pt", compute)
+    return cached(cache_dir / "features" / f"real-{key}.pt", key, compute)
 
 
 def generate(

@@ -27,6 +27,7 @@ from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
 from facediff.lightning.callbacks import EMAValidationCallback, as_settings, module_generator
+from facediff.lightning.rank_sync import rank_zero_first
 from facediff.lightning.time_share import TimeShare
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,13 @@ class EvalMetrics(EMAValidationCallback):
                 dm, self.cache_dir, device=pl_module.device, **self.classifier_settings
             )
 
-        if trainer.is_global_zero:  # rank 0 trains and caches it; the others then load it
-            self.clf, meta = get()
-        trainer.strategy.barrier()
-        if not trainer.is_global_zero:
-            self.clf, meta = get()
+        # rank 0 trains and caches it, the others then load it; a failure stops every rank
+        self.clf, meta = rank_zero_first(
+            trainer.strategy,
+            get,
+            "preparing the evaluation classifier",
+            hint="Fix: put paths.cache_dir on a file system that every node sees.",
+        )
         self.val_features = torch.cat(
             [predict(self.clf, x)[1] for x, _ in iter_images(dm.eval_dataset("val"))]
         )
