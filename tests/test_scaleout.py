@@ -158,12 +158,14 @@ def test_two_process_ddp_on_cpu(tmp_path, demo_cache, balanced):
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", 2)
     history = json.loads((run_dir / "loss_curves.json").read_text())
-    assert history["train_steps"] == list(range(steps))  # rank 0's steps, once each
+    assert history["train_steps"] == list(range(1, steps + 1))  # rank 0's steps, once each
     assert len(history["val"]) == epochs
     if balanced:
-        grids = sorted(p.name for p in (run_dir / "samples").glob("*.png") if "-" not in p.stem)
+        samples = run_dir / "samples"
+        grids = sorted(p.name for p in samples.glob("*.png") if "attention" not in p.name)
         assert grids == ["epoch0000-step0000005.png", "epoch0001-step0000010.png", "final.png"]
-        assert rank0_log.count("Wrote sample figures") == epochs + 1
+        assert (samples / "final.png").read_bytes() == (samples / grids[1]).read_bytes()
+        assert rank0_log.count("Wrote sample figures") == epochs
         assert "Wrote sample figures" not in rank1_log
 
     # The checkpoint is complete and samples.
