@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf, open_dict, read_write
+from test_training import wandb_records  # tests/ is on sys.path under pytest
 
 from facediff.checkpoint import load_checkpoint
 from facediff.data.balanced_sampler import BalancedSampler
@@ -249,8 +250,12 @@ def test_two_job_optuna_sweep(tmp_path, demo_cache):
         losses.append(json.loads((job / "loss_curves.json").read_text())["val"][-1]["loss"])
         overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
         params.append({k: v for k, _, v in (o.partition("=") for o in overrides)})
-        wandb_runs = list((job / "wandb").glob("offline-run-*"))
+        wandb_runs = list((job / "wandb").glob("offline-run-*/*.wandb"))
         assert len(wandb_runs) == 1, wandb_runs
+        run = next(
+            r.run for r in wandb_records(wandb_runs[0]) if r.WhichOneof("record_type") == "run"
+        )
+        assert run.display_name == f"multirun/{job.name}"  # <sweep folder>/<job number>
     assert params[0]["optim.optimizer.lr"] != params[1]["optim.optimizer.lr"]
 
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
