@@ -20,22 +20,23 @@ def in_multirun() -> bool:
 
 
 def objective_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
-    """`metrics[name]` as a float: what train.py returns, and so what a sweeper optimises.
+    """`metrics[name]` (its last logged value) as a float: what train.py returns, and so what a
+    sweeper optimises.
 
-    A metric that was never logged (e.g. `eval/class_consistency` when the eval_metrics callback
-    did not run in the last epoch) returns None with a warning naming the logged metrics, since
-    the Optuna sweeper only reports "must be float-castable" and a plain run only loses it.
-    A non-finite value is returned as it is (Optuna records that trial as failed).
+    A metric that was never logged (e.g. `eval/class_consistency` with the eval_metrics callback
+    off) returns None with a warning naming the logged metrics, since the Optuna sweeper itself
+    only reports "must be float-castable". A non-finite value is returned as it is (Optuna
+    records that trial as failed).
     """
     if not name:
         return None
     value = metrics.get(name)
     if value is None:
         log.warning(
-            "optimized_metric=%s was not logged in the last epoch, so this job returns nothing "
-            "to a sweeper. Logged: %s. Fix: pick one of those, or make the callback that logs "
-            "it run in the last epoch (e.g. callbacks.eval_metrics.every_n_epochs dividing "
-            "trainer.max_epochs).",
+            "optimized_metric=%s was never logged, so this job returns nothing to a sweeper. "
+            "Logged: %s. Fix: pick one of those, or turn on what logs it (eval/* come from "
+            "callbacks.eval_metrics, which should run in the last epoch: every_n_epochs "
+            "dividing trainer.max_epochs).",
             name,
             ", ".join(sorted(metrics)) or "nothing",
         )
