@@ -96,6 +96,12 @@ class Scorer:
     kid_subset_size: int
     batch_size: int
 
+    def __post_init__(self) -> None:
+        # Real validation faces' distances to the training set: the memorisation floor.
+        self.floor_nn_distances, _ = metrics.nearest(
+            self.real["val_features"], self.real["train_features"]
+        )
+
     def __call__(
         self, n_per_class: int, settings: SamplingSettings
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,6 +124,7 @@ class Scorer:
             kid_subset_size=self.kid_subset_size,
             floor_features=self.real["val_features"],
             floor_labels=self.real["val_labels"],
+            floor_nn_distances=self.floor_nn_distances,
         )
         result["seconds_per_image"] = fake["seconds_per_image"]
         log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",
