@@ -86,7 +86,8 @@ def test_two_process_ddp_on_cpu(tmp_path, demo_cache, balanced):
     epochs = 2 if balanced else 1
     figures = (
         ["callbacks.sample_grid.every_n_epochs=1", "callbacks.sample_grid.n_per_class=1",
-         "callbacks.sample_grid.sampling.steps=2", "callbacks.sample_grid.denoising_frames=null"]
+         "callbacks.sample_grid.sampling.steps=2", "callbacks.sample_grid.denoising_frames=null",
+         "callbacks.sample_grid.max_time_share=null"]
         if balanced else ["callbacks.sample_grid=null"]
     )  # fmt: skip
     probe = tmp_path / "probe"
