@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf, open_dict, read_write
 from test_training import wandb_records  # tests/ is on sys.path under pytest
 
@@ -67,6 +68,13 @@ def train_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     }
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def keep_rank(monkeypatch):
+    """Building a DDP Trainer sets Lightning's process-wide rank (`rank_zero_only.rank`, read by
+    every rank-zero-only writer); put it back afterwards, so later tests still write files."""
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
 
 
 @pytest.fixture
@@ -190,7 +198,7 @@ def test_rank_zero_is_read_from_every_launcher_environment():
         assert not launched_as_rank_zero({name: value}), name
 
 
-def test_ddp_relaunch_inside_a_multirun_is_refused(tiny_cfg):
+def test_ddp_relaunch_inside_a_multirun_is_refused(tiny_cfg, keep_rank):
     trainer = build_trainer(tiny_cfg("trainer=ddp", "trainer.devices=2", "logger=none"))
     with pytest.raises(MultirunRelaunchError, match=r"re-running train\.py"):
         refuse_relaunch_in_multirun(trainer, multirun=True)
@@ -293,7 +301,7 @@ def compose_slurm(tmp_path: Path, *overrides: str):
         )
 
 
-def test_slurm_launcher_maps_one_job_to_n_gpus(tmp_path, hydra_config, monkeypatch):
+def test_slurm_launcher_maps_one_job_to_n_gpus(tmp_path, hydra_config, monkeypatch, keep_rank):
     cfg = compose_slurm(tmp_path)
     hydra_config(cfg)  # `${hydra:launcher...}` in trainer=ddp_slurm resolves from it
     launcher = cfg.hydra.launcher
@@ -342,3 +350,4 @@ def test_slurm_launcher_maps_one_job_to_n_gpus(tmp_path, hydra_config, monkeypat
     with pytest.raises(ValueError, match="ntasks-per-node"):  # what a mismatch would meet
         environment.validate_settings(num_devices=2, num_nodes=trainer.num_nodes)
     refuse_relaunch_in_multirun(trainer, multirun=True)  # SLURM starts the ranks: sweeps work
+    assert rank_zero_only.rank == 5  # put back to this process's own rank by keep_rank
