@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from facediff.checkpoint import check_resumable
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+from facediff.lightning.distributed import launched_as_rank_zero, refuse_relaunch_in_multirun
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
+from facediff.lightning.sweeps import in_multirun, objective_value
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,16 @@ def run(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if launched_as_rank_zero():  # one copy, not one per DDP rank
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        log.info("Resolved config saved to %s", out_dir / "config.yaml")
 
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg, datamodule.class_names)
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
+    refuse_relaunch_in_multirun(trainer, in_multirun())
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(config_for_logging(cfg))
@@ -85,7 +90,6 @@ def run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule)
-        metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
-        return None if metric is None else float(metric)
+        return objective_value(trainer.callback_metrics, cfg.get("optimized_metric"))
     finally:
         finish_loggers(trainer.loggers)
