@@ -162,5 +162,5 @@ def test_grad_scaler_skips_are_not_failures_but_nan_losses_are():
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, True])
 def test_max_consecutive_must_be_a_positive_int(value):
-    with pytest.raises(ValueError, match="callbacks.nonfinite_guard.max_consecutive"):
+    with pytest.raises(ValueError, match=r"callbacks\.nonfinite_guard\.max_consecutive"):
         NonFiniteGuard(max_consecutive=value)

@@ -43,7 +43,8 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 def optimizer_grads(optimizer: Optimizer) -> list[Tensor]:
-    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    params = (p for group in optimizer.param_groups for p in group["params"])
+    return [p.grad for p in params if p.grad is not None]
 
 
 def drop_grads(optimizer: Optimizer) -> None:
@@ -133,7 +134,7 @@ class NonFiniteGuard(Callback):
             )
         elif not bad:
             self.consecutive = 0
-        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteTrainingError(self._stop_message(trainer, optimizer))
 
