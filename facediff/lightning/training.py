@@ -16,6 +16,7 @@ from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
+from facediff.lightning.out_of_memory import explain_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,10 @@ def run(cfg: DictConfig) -> float | None:
         for logger in trainer.loggers:
             logger.log_hyperparams(config_for_logging(cfg))
         log.info("Classes: %s; schedule: %s", module.class_names, module.schedule)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if cfg.get("test"):
-            trainer.test(module, datamodule=datamodule)
+        with explain_out_of_memory(cfg, trainer):  # saves what it can, names the switches
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            if cfg.get("test"):
+                trainer.test(module, datamodule=datamodule)
         metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
         return None if metric is None else float(metric)
     finally:
