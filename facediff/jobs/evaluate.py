@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import CheckpointError
+from facediff.config_checks import check_evaluate_config
 from facediff.data.build import build_datamodule
 from facediff.data.datamodule import FaceDataModule
 from facediff.diffusion.settings import SamplingSettings
@@ -102,6 +103,7 @@ def build_data(cfg: DictConfig, gen: Generator) -> FaceDataModule:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate (or only train the classifier); returns what was written to metrics.json."""
+    check_evaluate_config(cfg)  # the values typed, before the checkpoint is read
     device = resolve_device(cfg.device)
     gen = Generator.from_checkpoint(cfg.ckpt, device=device)
     settings, points = check_config(cfg, gen)

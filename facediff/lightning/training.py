@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
+from facediff.config_checks import check_train_config
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
@@ -69,6 +70,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def run(cfg: DictConfig) -> float | None:
     """Train (and optionally test) as configured; return `cfg.optimized_metric` for sweepers."""
+    check_train_config(cfg)  # every value a user types, before anything is read or built
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
