@@ -139,10 +139,11 @@ def check_sampling(
     try:
         check_fits(SamplingSettings.from_config(node), schedule, objective)
     except (TypeError, ValueError) as err:
-        steps = node.get("steps")
-        key = "steps" if is_int(steps) and steps > schedule.num_steps else "sampler"
-        why = f"{err} (diffusion.num_steps is the model's T)" if key == "steps" else str(err)
-        checks.fail(f"{dot}{key}", node.get(key), why)
+        steps, T = node.get("steps"), schedule.num_steps
+        if is_int(steps) and steps > T:
+            checks.fail(f"{dot}steps", steps, f"must be in 1..{T} (diffusion.num_steps, the T)")
+        else:
+            checks.fail(f"{dot}sampler", node.get("sampler"), str(err))
 
 
 def known_metric(name: str, eval_on: bool, test_on: bool) -> bool:

@@ -41,7 +41,7 @@ def test_every_shipped_config_passes(compose_cfg, override):
         (["optim.optimizer.lr=inf"], "optim.optimizer.lr=inf"),
         (["optim.optimizer.betas=[0.9,1.0]"], "optim.optimizer.betas"),
         (["callbacks.sample_grid.sampling.steps=1000"],
-         r"callbacks.sample_grid.sampling.steps=1000: steps must be in 1..500"),
+         "callbacks.sample_grid.sampling.steps=1000: must be in 1..500 (diffusion.num_steps"),
         (["callbacks.eval_metrics.sampling.sampler=euler"],
          "callbacks.eval_metrics.sampling.sampler='euler': must be one of ['ddpm', 'ddim', "
          "'dpmpp']"),
