@@ -4,12 +4,14 @@
 `facediff.lightning.training.run`. When `torch.OutOfMemoryError` escapes them, Lightning has
 already moved the model and optimizer to the CPU (its teardown after an exception), so:
 
-- if memory ran out anywhere but inside the optimizer update (forward, backward, validation,
-  sample grids), the weights, the optimizer and the EMA are those of the last completed step:
-  they are written to `<run>/checkpoints/oom-stepNNNNNNN.ckpt`, which resumes with
-  `ckpt_path=...` (never over `last.ckpt`);
+- if memory ran out in a forward or backward pass or in validation (sample grids and eval
+  metrics included), the weights, the optimizer and the EMA are those of the last completed
+  step (after validation, the raw weights are swapped back in first): they are written to
+  `<run>/checkpoints/oom-stepNNNNNNN.ckpt`, which resumes with `ckpt_path=...` (never over
+  `last.ckpt`);
 - if it ran out inside gradient clipping or `optimizer.step()`, the update may be half applied,
-  so nothing is written and the message points at `last.ckpt`;
+  so nothing is written and the message points at `last.ckpt`; after training ended (the
+  final sample grids) the checkpoints are already written;
 - then `TrainingOutOfMemoryError` is raised, naming the batch size, image size, model,
   precision, where memory ran out and the switches that use less.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from omegaconf import DictConfig
 
 from facediff.lightning.nonfinite import nonfinite_names
@@ -43,8 +45,11 @@ class TrainingOutOfMemoryError(RuntimeError):
 
 class RunPhase(Callback):
     """Remembers what the trainer was doing, so that an error can say where it happened and
-    whether the weights may be half-updated (between `on_before_optimizer_step` and the end of
-    the batch: gradient clipping and the optimizer's update)."""
+    whether the module's state can be saved as it is: not between `on_before_optimizer_step`
+    and the end of the batch (gradient clipping and the optimizer's update, maybe half applied),
+    not after training (the module then holds the final EMA weights); during validation the
+    module holds the EMA weights, swapped in by Lightning's weight averaging (whose callback
+    runs before this one, which is appended last)."""
 
     def __init__(self) -> None:
         self.phase = "setup"
@@ -58,18 +63,30 @@ class RunPhase(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.phase = "between training steps"
 
-    def on_validation_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self.phase = "validation (with the sample grids and eval metrics)"
+    def on_validation_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.phase = VALIDATION
 
-    def on_validation_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.phase = "between training steps"
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.phase = "the end of training (final sample grids)"
 
     def on_test_start(self, trainer: L.Trainer, *args: Any) -> None:
         self.phase = "test"
 
-    @property
-    def weights_intact(self) -> bool:
-        return self.phase != "optimizer update"
+
+VALIDATION = "validation (with the sample grids and eval metrics)"
+
+
+def restore_raw_weights(trainer: L.Trainer, phase: RunPhase) -> None:
+    """Swap the raw weights back into the module when validation was cut short (Lightning's
+    weight averaging swaps them back only at the end of the validation epoch)."""
+    if phase.phase != VALIDATION:
+        return
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging) and cb._average_model is not None:
+            cb._swap_models(trainer.lightning_module)
 
 
 def save_state(trainer: L.Trainer, phase: RunPhase, out_dir: Path) -> tuple[Path | None, str]:
@@ -82,11 +99,14 @@ def save_state(trainer: L.Trainer, phase: RunPhase, out_dir: Path) -> tuple[Path
         return None, "Training had finished; its checkpoints are in checkpoints/."
     if trainer.world_size > 1:  # saving needs every rank, and the others may be stuck
         return None, "Under DDP nothing was saved; resume from checkpoints/last.ckpt."
-    if not phase.weights_intact:
+    if phase.phase == "optimizer update":
         return None, (
             "Memory ran out inside the optimizer update, which may be half applied, so this "
             "state was not saved; resume from checkpoints/last.ckpt."
         )
+    if phase.phase.startswith("the end of training"):
+        return None, "Training had finished; its checkpoints are in checkpoints/."
+    restore_raw_weights(trainer, phase)
     if nonfinite_names(module):
         return None, "The weights are not finite, so they were not saved."
     if torch.cuda.is_available():
@@ -126,7 +146,7 @@ def memory_advice(cfg: DictConfig, precision: str, phase: str) -> str:
         f"{checkpointing}{half} a smaller data.image_size or model (model=unet_tiny), "
         "callbacks.ema.device=cpu."
     )
-    if phase.startswith("validation") or phase == "test":
+    if phase in (VALIDATION, "test") or phase.startswith("the end of training"):
         advice += (
             " Memory ran out during evaluation: also lower data.eval_batch_size, "
             "callbacks.sample_grid.n_per_class or callbacks.eval_metrics.n_per_class."
