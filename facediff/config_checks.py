@@ -201,6 +201,8 @@ def check_train_config(cfg: DictConfig) -> None:
     c.number("module.p_uncond", 0.0, 1.0, high_open=True)
     c.integer("module.val_timesteps", 1)
     c.integer("module.val_seed", 0)
+    c.choice("module.channels_last", (True, False))
+    c.choice("module.compile", (True, False))
 
     c.choice("trainer.precision", PRECISIONS)
     c.integer("trainer.max_epochs", -1, null=True)
@@ -226,6 +228,7 @@ def check_train_config(cfg: DictConfig) -> None:
         c.integer("callbacks.sample_grid.every_n_epochs", 1)
         c.integer("callbacks.sample_grid.n_per_class", 1)
         c.integer("callbacks.sample_grid.denoising_frames", 2, null=True)
+        c.number("callbacks.sample_grid.max_time_share", 0.0, 1.0, low_open=True, null=True)
         check_sampling(c, "callbacks.sample_grid.sampling", schedule, objective)
     metrics = c.get("callbacks.eval_metrics")
     eval_on = isinstance(metrics, dict)
@@ -234,6 +237,7 @@ def check_train_config(cfg: DictConfig) -> None:
         c.integer("callbacks.eval_metrics.n_per_class", 2)
         c.integer("callbacks.eval_metrics.classifier.epochs", 1)
         c.number("callbacks.eval_metrics.classifier.lr", 0.0, low_open=True)
+        c.number("callbacks.eval_metrics.max_time_share", 0.0, 1.0, low_open=True, null=True)
         check_sampling(c, "callbacks.eval_metrics.sampling", schedule, objective)
         c.integer("callbacks.eval_metrics.kid_subset_size", 2)
         n, subset = metrics.get("n_per_class"), metrics.get("kid_subset_size")
@@ -271,6 +275,11 @@ def check_metrics(c: Checks, eval_on: bool) -> None:
                 c.fail("callbacks.model_checkpoint.every_n_epochs", ckpt.get("every_n_epochs"),
                        f"must be a multiple of callbacks.eval_metrics.every_n_epochs={every}: "
                        f"{monitor} exists only in those epochs")  # fmt: skip
+            share = c.get("callbacks.eval_metrics.max_time_share")
+            if share not in (None, ABSENT):
+                c.fail("callbacks.eval_metrics.max_time_share", share,
+                       f"must be null when {monitor} is the checkpoint monitor: a skipped "
+                       "evaluation would leave the checkpoint without its metric")  # fmt: skip
     metric = c.get("optimized_metric")
     if metric not in (None, ABSENT) and not known_metric(str(metric), eval_on, test_on):
         hint = " (callbacks.eval_metrics is off)" if metric in EVAL_METRICS else ""
