@@ -111,10 +111,13 @@ class NonFiniteGuard(Callback):
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss_finite = self._loss_finite if self._loss_finite is not None else torch.tensor(True)
         self._loss_finite = None
-        loss_ok, grad_ok = torch.stack([loss_finite.cpu(), torch.isfinite(norm).cpu()]).tolist()
+        flags = torch.stack([loss_finite.to(norm.device), torch.isfinite(norm)])
+        loss_ok, grad_ok = flags.tolist()  # one device sync
+        if trainer.world_size > 1:
+            # The same decision on every rank, or their weights diverge. The gradients are
+            # all-reduced already (a NaN on one rank is a NaN on all); the losses are not.
+            loss_ok = not trainer.strategy.reduce_boolean_decision(not loss_ok, all=False)
         bad = not (loss_ok and grad_ok)
-        if trainer.world_size > 1:  # the same decision on every rank, or their weights diverge
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         self.skipped_last_step = bad
         if bad:
             drop_grads(optimizer)
