@@ -164,3 +164,22 @@ def test_grad_scaler_skips_are_not_failures_but_nan_losses_are():
 def test_max_consecutive_must_be_a_positive_int(value):
     with pytest.raises(ValueError, match=r"callbacks\.nonfinite_guard\.max_consecutive"):
         NonFiniteGuard(max_consecutive=value)
+
+
+def test_checkpoints_with_nonfinite_raw_or_ema_weights_are_refused():
+    guard, ema = NonFiniteGuard(), EMA()
+    module, average = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    ema._average_model = average
+    trainer = SimpleNamespace(callbacks=[guard, ema], global_step=7)
+    guard.on_save_checkpoint(trainer, module, {})  # finite: written
+    with torch.no_grad():
+        average.bias[1] = float("nan")
+    with pytest.raises(
+        NonFiniteTrainingError, match=r"the EMA average has non-finite values in \['bias'\]"
+    ):
+        guard.on_save_checkpoint(trainer, module, {})
+    with torch.no_grad():
+        average.bias[1] = 0.0
+        module.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteTrainingError, match=r"step 7: the model .*\['weight'\]"):
+        guard.on_save_checkpoint(trainer, module, {})
