@@ -78,8 +78,8 @@ def test_training_callbacks_refuse_bad_sampling_when_the_run_starts(tiny_cfg):
     with pytest.raises(InstantiationException, match=r"sample_grid\.sampling: Unknown sampler"):
         build_trainer(tiny_cfg("callbacks.sample_grid.sampling.sampler=euler"))
     cfg = tiny_cfg("callbacks.sample_grid.sampling.steps=501", "trainer.max_epochs=5")
-    with pytest.raises(ValueError, match=r"sample_grid\.sampling: steps must be in 1\.\.500"):
-        run(cfg)
+    with pytest.raises(ValueError, match=r"sample_grid\.sampling\.steps=501: must be in 1\.\.500"):
+        run(cfg)  # facediff.config_checks, before the data is read
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))  # before any epoch
     with pytest.raises(ValueError, match=r"sample_grid\.sampling: Sampling settings lack"):
         SampleGrid(sampling={"sampler": "dpmpp"})  # incomplete: no default of its own

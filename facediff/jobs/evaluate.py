@@ -4,7 +4,9 @@
                             its accuracy on the real test split, and stop;
     task=evaluate           generate `n_per_class` samples per class, embed them and the real
                             test and training splits, and write metrics.json, report.md and the
-                            figures (plus a sampler / step-count and a guidance sweep if asked).
+                            figures (plus a sampler / step-count and a guidance sweep if asked;
+                            the main result is written before the sweep starts, and a failing
+                            sweep point is recorded as `sweep_error` beside the points before it).
 
 The data is the training run's own (its config is stored in the checkpoint, so the test split is
 the one the model never saw); any non-null key under `data` overrides it (e.g. data.root=...).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import CheckpointError
+from facediff.config_checks import check_evaluate_config
 from facediff.data.build import build_datamodule
 from facediff.data.datamodule import FaceDataModule
 from facediff.diffusion.settings import SamplingSettings
@@ -99,6 +103,7 @@ def build_data(cfg: DictConfig, gen: Generator) -> FaceDataModule:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate (or only train the classifier); returns what was written to metrics.json."""
+    check_evaluate_config(cfg)  # the values typed, before the checkpoint is read
     device = resolve_device(cfg.device)
     gen = Generator.from_checkpoint(cfg.ckpt, device=device)
     settings, points = check_config(cfg, gen)
@@ -132,24 +137,44 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         checkpoint={"path": str(cfg.ckpt), "global_step": gen.meta.get("global_step")},
         sampling=record(settings),
         classifier=clf_meta,
-        sweep=[{**record(p), **score.headline(cfg.sweep.n_per_class, p)} for p in points],
+        sweep=[],
     )
-    figures = write_outputs(cfg, out, result, fake, real, dm, gen.class_names)
-    log_to_loggers(cfg, result, figures)
+    write = write_outputs(cfg, out, fake, real, dm, gen.class_names)
+    figures = write(result)  # the main result is on disk before any sweep point is drawn
     log.info("Wrote %s/metrics.json and %s/report.md", out, out)
+    for point in points:
+        try:
+            row = {**record(point), **score.headline(cfg.sweep.n_per_class, point)}
+        except Exception as err:  # keep the points done, say which failed, and fail
+            result["sweep_error"] = {
+                "point": record(point),
+                "error": f"{type(err).__name__}: {err}",
+            }
+            write(result)
+            log.error("Sweep point %s failed; metrics.json keeps the main result and the "
+                      "%d point(s) before it.", record(point), len(result["sweep"]))  # fmt: skip
+            raise
+        result["sweep"].append(row)
+    if points:
+        figures = write(result)
+        log.info("Added the sweep to %s/metrics.json and %s/report.md", out, out)
+    log_to_loggers(cfg, result, figures)
     return result
 
 
 def write_outputs(
     cfg: DictConfig,
     out: Path,
-    result: dict[str, Any],
     fake: dict[str, Any],
     real: dict[str, Any],
     dm: FaceDataModule,
     class_names: list[str],
-) -> dict[str, Path]:
-    """metrics.json, report.md, the figures and samples.pt; returns the figures' paths."""
+) -> Callable[[dict[str, Any]], dict[str, Path]]:
+    """Write samples.pt; returns `write(result)`, which (re)writes metrics.json, report.md and
+    the figures of `result` and returns the figures' paths."""
+    keep = ("labels", "logits", "features", "nn_distances", "nn_indices")
+    real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
+    torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
     train_set = dm.eval_dataset("train")
     pairs = report.closest_pairs(
         fake["images"],
@@ -158,11 +183,11 @@ def write_outputs(
         lambda i: train_set[i][0].add(1).div(2),
         cfg.memorisation.n_pairs,
     )
-    figures = report.write_report(out, result, class_names, fake["images"], fake["labels"], pairs)
-    keep = ("labels", "logits", "features", "nn_distances", "nn_indices")
-    real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
-    torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
-    return figures
+
+    def write(result: dict[str, Any]) -> dict[str, Path]:
+        return report.write_report(out, result, class_names, fake["images"], fake["labels"], pairs)
+
+    return write
 
 
 def log_to_loggers(cfg: DictConfig, result: dict, figures: dict[str, Path]) -> None:

@@ -23,6 +23,7 @@ from rich.progress import Progress
 from torchvision.utils import save_image
 
 from facediff import tensor_figures as figures
+from facediff.config_checks import check_sample_config
 from facediff.diffusion.settings import SamplingSettings
 from facediff.inference import model_figures
 from facediff.inference.generator import Generator
@@ -150,6 +151,7 @@ def write_attention(gen: Generator, cfg: DictConfig, settings: SamplingSettings,
 
 def run(cfg: DictConfig) -> Path:
     """Sample as configured; return the output folder."""
+    check_sample_config(cfg)  # the values typed, before the checkpoint is read
     gen = Generator.from_checkpoint(cfg.ckpt, device=cfg.device)
     settings = check_config(cfg, gen)
     out = Path(cfg.out)

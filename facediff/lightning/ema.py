@@ -7,7 +7,9 @@ EMA weights. This subclass adds what the original recipe needs:
   model for its first 2,000 steps), and an optional warm-up of the decay, min(decay, (1+n)/(10+n));
 - a fast update: one multi-tensor `torch._foreach_lerp_` over all parameters instead of a Python
   loop per tensor;
-- picklable state only (no closures), so `strategy=ddp_spawn` works.
+- picklable state only (no closures), so `strategy=ddp_spawn` works;
+- no update after a step that `NonFiniteGuard` skipped (facediff.lightning.nonfinite): the raw
+  weights did not change, and the step does not count in the decay schedule.
 
 The update counter is AveragedModel's `n_averaged` buffer, which is checkpointed, so the decay
 schedule continues exactly on resume.
@@ -15,9 +17,14 @@ schedule continues exactly on resume.
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
+
+from facediff.lightning.nonfinite import step_skipped
 
 
 class EMADecay:
@@ -69,3 +76,14 @@ class EMA(WeightAveraging):
         super().__init__(
             device=device, use_buffers=True, multi_avg_fn=EMADecay(decay, start_step, warmup)
         )
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not step_skipped(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

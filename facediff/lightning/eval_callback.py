@@ -4,8 +4,8 @@ Logged as `eval/class_consistency` and `eval/kid` (classifier features, against 
 validation split), so either can be the checkpoint monitor or the sweepers' objective:
 
     python train.py callbacks.model_checkpoint.monitor=eval/class_consistency \
-        callbacks.model_checkpoint.mode=max callbacks.model_checkpoint.every_n_epochs=5 \
-        optimized_metric=eval/class_consistency
+        callbacks.model_checkpoint.mode=max callbacks.model_checkpoint.every_n_epochs=10 \
+        callbacks.eval_metrics.max_time_share=null optimized_metric=eval/class_consistency
 
 (ModelCheckpoint's every_n_epochs must match this callback's, since the metric exists only in
 those epochs.) The classifier lives in this callback, not in the LightningModule, so EMA never

@@ -94,6 +94,14 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Loss at a fixed grid of timesteps with fixed noise, so epochs are comparable."""
+        self.fixed_grid_loss(batch, batch_idx, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The validation loss on the test split, logged as `test/loss` and `test_t/*`."""
+        self.fixed_grid_loss(batch, batch_idx, "test")
+
+    def fixed_grid_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int, split: str) -> None:
+        """Log `<split>/loss` and `<split>_t/loss_tNNNN`: the loss at the fixed timestep grid."""
         x0, y = batch
         gen = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
         losses = []
@@ -101,12 +109,9 @@ class DiffusionModule(L.LightningModule):
             eps = torch.randn(x0.shape, generator=gen).to(x0)
             t = torch.full((x0.shape[0],), t_val, device=self.device, dtype=torch.long)
             loss_t = diffusion_loss(self.net, self.schedule, self.objective, x0, y, t, eps).mean()
-            self.log(f"val_t/loss_t{t_val:04d}", loss_t, on_epoch=True, sync_dist=True)
+            self.log(f"{split}_t/loss_t{t_val:04d}", loss_t, on_epoch=True, sync_dist=True)
             losses.append(loss_t)
-        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+        self.log(f"{split}/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:

@@ -12,11 +12,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
+from facediff.config_checks import check_train_config
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 from facediff.lightning.distributed import launched_as_rank_zero, refuse_relaunch_in_multirun
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
+from facediff.lightning.out_of_memory import explain_out_of_memory
 from facediff.lightning.sweeps import in_multirun, objective_value
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def run(cfg: DictConfig) -> float | None:
     """Train (and optionally test) as configured; return `cfg.optimized_metric` for sweepers."""
+    check_train_config(cfg)  # every value a user types, before anything is read or built
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +90,10 @@ def run(cfg: DictConfig) -> float | None:
         for logger in trainer.loggers:
             logger.log_hyperparams(config_for_logging(cfg))
         log.info("Classes: %s; schedule: %s", module.class_names, module.schedule)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if cfg.get("test"):
-            trainer.test(module, datamodule=datamodule)
+        with explain_out_of_memory(cfg, trainer):  # saves what it can, names the switches
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            if cfg.get("test"):
+                trainer.test(module, datamodule=datamodule)
         return objective_value(trainer.callback_metrics, cfg.get("optimized_metric"))
     finally:
         finish_loggers(trainer.loggers)
