@@ -9,13 +9,17 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+from facediff.lightning.checkpoint_io import AtomicCheckpointIO
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
+from facediff.lightning.preemption import Preempted, as_preempted, resume_command
+from facediff.lightning.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         logger=logger,
         precision=precision,
         default_root_dir=cfg.paths.output_dir,
+        plugins=[AtomicCheckpointIO()],  # a kill mid-write never corrupts a checkpoint
     )
 
 
@@ -75,17 +80,22 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg, datamodule.class_names)
-    if cfg.get("ckpt_path"):
-        check_resumable(cfg.ckpt_path, dict(module.hparams))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)  # facediff.lightning.resume
+    if ckpt_path:
+        check_resumable(ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(config_for_logging(cfg))
         log.info("Classes: %s; schedule: %s", module.class_names, module.schedule)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule)
         metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
         return None if metric is None else float(metric)
+    except (Preempted, SIGTERMException) as stop:  # a signal: never exit 0 (preemption.py)
+        stopped = as_preempted(stop, trainer.global_step)
+        log.error("%s\nResume with: %s", stopped, resume_command(out_dir, cfg.get("run_name")))
+        raise stopped from None
     finally:
         finish_loggers(trainer.loggers)
