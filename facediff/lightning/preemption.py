@@ -153,7 +153,8 @@ class Preemption(Checkpoint):
     # ------------------------------------------------------------------------ callbacks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = trainer
-        self.received = None
+        # A SIGTERM during the sanity check reached only Lightning's handler: act on it now.
+        self.received = signal.SIGTERM if trainer.received_sigterm else None
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self._install()
 
@@ -202,12 +203,14 @@ def resume_command(output_dir: str | Path, run_name: str | None) -> str:
     output_dir = Path(output_dir)
     overrides: list[str] = ["..."]
     multirun = False
+    run_dir_given = False
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        run_dir_given = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "run_name="))]
-    if run_name and output_dir.name == str(run_name) and not multirun:
+    if run_name and output_dir.name == str(run_name) and not (multirun or run_dir_given):
         folder = f"run_name={run_name}"
     else:
         folder = f"hydra.run.dir={output_dir}"
