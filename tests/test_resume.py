@@ -15,10 +15,12 @@ import torch
 from conftest import CONF_DIR
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.data import _update_dataloader
+from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
 from facediff.checkpoint import CheckpointError, check_resumable, load_checkpoint
 from facediff.data.balanced_sampler import BalancedSampler
+from facediff.data.build import build_datamodule
 from facediff.data.resumable import ResumableDataLoader, SeededRandomSampler
 from facediff.lightning.preemption import Preempted
 from facediff.lightning.resume import ResumeError, resolve_ckpt_path
@@ -62,10 +64,11 @@ RUN = (
 
 
 def test_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(tiny_cfg, monkeypatch):
+    whole = tiny_cfg(*RUN, name="whole")
     # The first run over fresh demo data builds its caches, which draws from the global random
     # stream after seeding; build them first so that both runs below start alike.
-    run(tiny_cfg("trainer.max_steps=1", "callbacks.sample_grid=null", name="warm-up"))
-    whole = tiny_cfg(*RUN, name="whole")
+    warm_up = build_datamodule(OmegaConf.to_container(whole.data, resolve=True))
+    warm_up.prepare_data()
     run(whole)
 
     killed = tiny_cfg(*RUN, name="killed")
