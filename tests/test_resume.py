@@ -151,6 +151,12 @@ def test_loader_resumes_at_the_saved_batch_of_the_saved_epoch(kind):
     assert epoch_batches(ended, 3) == epoch_batches(loader, 3)
 
 
+def test_plain_loops_get_a_fresh_order_each_pass():
+    dataset = Items(20)
+    loader = ResumableDataLoader(dataset, batch_size=4, sampler=SeededRandomSampler(dataset))
+    assert [b.tolist() for b in loader] != [b.tolist() for b in loader]
+
+
 def test_loader_resumes_each_ddp_rank_within_its_own_shard():
     dataset = Items(40)
     plain = ResumableDataLoader(dataset, batch_size=4, sampler=SeededRandomSampler(dataset))
