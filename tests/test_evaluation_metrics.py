@@ -153,3 +153,35 @@ def test_floor_is_real_against_real_with_as_many_per_class_as_generated(faces, t
         expected = metrics.fid(feats[test][labels[test] == c], feats[held_out][keep][c * 10 :][:10])
         assert per["fid_floor"] == pytest.approx(expected)
         assert per["fid_ratio"] > 1
+
+
+def test_wilson_interval_brackets_the_share_and_narrows_with_n():
+    lo, hi = metrics.wilson_interval(5, 300)
+    assert lo < 5 / 300 < hi and lo < 0.01 < hi  # 1.7% of 300 is consistent with 1%
+    lo_big, hi_big = metrics.wilson_interval(50, 3000)
+    assert hi_big - lo_big < (hi - lo) / 2 and hi_big < 0.025
+    assert metrics.wilson_interval(0, 0) == (0.0, 1.0)
+    assert metrics.wilson_interval(0, 100)[0] == 0.0
+
+
+def test_memorisation_floor_counts_held_out_real_faces_under_the_threshold(faces, tiny_space):
+    images, labels = faces
+    feats = tiny_space(images)
+    test, held_out = torch.arange(0, 72, 2), torch.arange(1, 72, 2)
+    floor_nn = torch.linspace(0.0, 1.0, 36)  # held-out distances to the training set
+    result = metrics.group_metrics(
+        fake_logits=torch.zeros(36, 3), fake_features=feats[held_out], fake_labels=labels[held_out],
+        real_logits=torch.zeros(36, 3), real_features=feats[test], real_labels=labels[test],
+        nn_distances=floor_nn, class_names=CLASSES, threshold=0.5,
+        floor_features=feats[held_out], floor_labels=labels[held_out], floor_nn_distances=floor_nn,
+    )  # fmt: skip
+    under = int((floor_nn < 0.5).sum())
+    assert result["memorised_count"] == under
+    assert result["memorised_share"] == pytest.approx(under / 36)
+    assert result["memorised_share_floor"] == pytest.approx(under / 36)
+    lo, hi = result["memorised_ci95"]
+    assert lo < under / 36 < hi
+    for c, name in enumerate(CLASSES):
+        per = result["per_class"][name]
+        expected = float((floor_nn[labels[held_out] == c] < 0.5).double().mean())
+        assert per["memorised_share_floor"] == pytest.approx(expected)

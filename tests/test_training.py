@@ -130,7 +130,11 @@ def test_resume_refuses_other_models_and_foreign_files(tiny_cfg, tmp_path):
 
 
 def test_sample_figures_are_written(tiny_cfg):
-    cfg = tiny_cfg("trainer.max_epochs=2", "callbacks.sample_grid.every_n_epochs=1")
+    cfg = tiny_cfg(
+        "trainer.max_epochs=2",
+        "callbacks.sample_grid.every_n_epochs=1",
+        "callbacks.sample_grid.max_time_share=null",
+    )
     run(cfg)
     files = {p.name for p in (Path(cfg.paths.output_dir) / "samples").glob("*.png")}
     grids = sorted(f for f in files if "denoising" not in f and "attention" not in f)

@@ -19,7 +19,7 @@ from facediff.data.duplicates import group_by_digest
 from facediff.data.folder import list_class_folders, list_images
 from facediff.data.index import decode_files
 from facediff.data.sources import check_root, detect_layout
-from facediff.data.utkface import GENDER_NAMES, RACE_NAMES, scan_utkface
+from facediff.data.utkface import GENDER_NAMES, RACE_NAMES, scan_utkface_entries
 
 EXAMPLES = 5
 
@@ -34,6 +34,7 @@ class AuditReport:
     gender_counts: dict[str, int] = field(default_factory=dict)
     ages: list[int] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # symlink loops, non-UTF-8 names
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     duplicate_groups: list[list[str]] = field(default_factory=list)
     conflicting_groups: int = 0
@@ -53,19 +54,19 @@ def audit_dataset(
     # (relative path, label tuple used to detect conflicting duplicates, class name)
     entries: list[tuple[str, tuple[int, ...], str]] = []
     if layout == "utkface":
-        records, report.malformed = scan_utkface(path)
-        report.total_files = len(records) + len(report.malformed)
+        records, report.malformed, report.skipped = scan_utkface_entries(path)
+        report.total_files = len(records) + len(report.malformed) + len(report.skipped)
         entries = [
             (r.path.name, (r.age, r.gender, r.race), f"{r.race} {RACE_NAMES[r.race]}")
             for r in records
         ]
         extra = {e[0]: r for e, r in zip(entries, records, strict=True)}
     elif layout == "folder":
-        for index, name in enumerate(list_class_folders(path)):
+        for index, name in enumerate(list_class_folders(path, report.skipped)):
             report.class_counts[name] = 0
-            for image in list_images(path / name):
+            for image in list_images(path / name, report.skipped, prefix=f"{name}/"):
                 entries.append((image.relative_to(path).as_posix(), (index,), name))
-        report.total_files = len(entries)
+        report.total_files = len(entries) + len(report.skipped)
         extra = {}
     else:
         raise ValueError(f"Unknown layout {layout!r}. Fix: use auto, utkface or folder.")
@@ -140,6 +141,9 @@ def format_report(report: AuditReport) -> str:
         lines.append(f"  malformed names {len(report.malformed):>7}")
         if report.malformed:
             lines.append(f"    e.g. {_examples([repr(n) for n in report.malformed])}")
+    lines.append(f"  skipped entries {len(report.skipped):>7}  (symlink loops, names not UTF-8)")
+    for entry in report.skipped[:EXAMPLES]:
+        lines.append(f"    {entry}")
     lines.append(f"  unreadable      {len(report.unreadable):>7}")
     for rel, error in report.unreadable[:EXAMPLES]:
         lines.append(f"    {rel}: {error}")

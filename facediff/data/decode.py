@@ -9,11 +9,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+# Limits on one image file, checked before any pixel is decoded. A face photo is far below
+# both; a larger file or a header claiming more pixels is a mistake or a decompression bomb
+# (a few KB that decode to gigabytes) and is skipped as unreadable, never decoded. Raise them
+# here (e.g. facediff.data.decode.MAX_IMAGE_PIXELS = 200_000_000) for unusually large photos.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192 x 8192; Pillow's own warning starts at ~89 M
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -55,19 +63,41 @@ def to_square_tensor(image: Image.Image, load_size: int) -> torch.Tensor:
 def decode_bytes(
     data: bytes, load_size: int | None = None
 ) -> tuple[Image.Image, torch.Tensor | None]:
-    """Fully decode ``data`` to RGB (raises on corrupt/truncated data)."""
-    with Image.open(io.BytesIO(data)) as opened:
+    """Fully decode ``data`` to RGB (raises on corrupt/truncated data, and on an image of more
+    than ``MAX_IMAGE_PIXELS`` pixels before decoding it)."""
+    with warnings.catch_warnings():  # Pillow only warns between its limit and twice that
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        opened = Image.open(io.BytesIO(data))
+    with opened:
+        width, height = opened.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{width}x{height} pixels is more than facediff's limit of {MAX_IMAGE_PIXELS} "
+                "(a decompression bomb, or a photo to shrink first; the limit is "
+                "facediff.data.decode.MAX_IMAGE_PIXELS)"
+            )
         opened.load()
         image = ImageOps.exif_transpose(opened).convert("RGB")
     tensor = to_square_tensor(image, load_size) if load_size is not None else None
     return image, tensor
 
 
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file; OSError for a file over ``MAX_FILE_BYTES`` (not read)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise OSError(
+                f"{size} bytes is more than facediff's limit of {MAX_FILE_BYTES} for one image "
+                "file (facediff.data.decode.MAX_FILE_BYTES)"
+            )
+        return handle.read()
+
+
 def read_and_decode(path: str | os.PathLike[str], load_size: int | None = None) -> Decoded:
     """Read, hash and decode one file; never raises, failures are reported in ``error``."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_bytes(path)
     except OSError as exc:
         return Decoded("", 0, 0, None, f"cannot read: {exc}")
     digest = hash_bytes(data)
@@ -80,7 +110,5 @@ def read_and_decode(path: str | os.PathLike[str], load_size: int | None = None) 
 
 def load_image(path: str | os.PathLike[str], load_size: int) -> torch.Tensor:
     """Decode ``path`` to a (3, load_size, load_size) uint8 tensor; raises on failure."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    image, _ = decode_bytes(data)
+    image, _ = decode_bytes(read_bytes(path))
     return to_square_tensor(image, load_size)

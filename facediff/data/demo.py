@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from facediff.atomic import atomic_folder
 
 DEMO_CLASSES: tuple[str, ...] = ("glasses", "hat", "beard")
 MARKER_NAME = ".facediff_demo.json"
@@ -159,8 +160,9 @@ def write_demo_dataset(
     root: str | os.PathLike[str], n_per_class: int = 300, size: int = 64, seed: int = 0
 ) -> Path:
     """Write ``root/<class>/0000.png ...`` once; later calls with the same parameters return at
-    once. The data is written to a sibling temp folder and renamed into place with the marker
-    file inside, so an interrupted run leaves no marker and is redone next time."""
+    once. The data is written to a uniquely named sibling temp folder and renamed into place
+    with the marker file inside (`facediff.atomic.atomic_folder`), so an interrupted run leaves
+    no marker and is redone next time, and parallel runs never delete each other's work."""
     if n_per_class < 1 or size < 8:
         raise ValueError(
             f"Demo needs n_per_class >= 1 and size >= 8, got n_per_class={n_per_class}, "
@@ -174,17 +176,13 @@ def write_demo_dataset(
             f"{root} already contains files that are not a facediff demo dataset; refusing to "
             "overwrite them. Fix: point the demo `root` at an empty or new folder."
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in root.parent.glob(f".{root.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}"
-    for class_name in DEMO_CLASSES:
-        (partial / class_name).mkdir(parents=True)
-        for index in range(n_per_class):
-            image = draw_demo_face(class_name, index, size, seed)
-            image.save(partial / class_name / _file_name(index, n_per_class))
-    (partial / MARKER_NAME).write_text(json.dumps(_params(n_per_class, size, seed), indent=1))
-    if root.exists():
-        shutil.rmtree(root)
-    os.replace(partial, root)
+    # Each writer draws into its own temporary folder next to root, which then replaces an
+    # outdated root in one rename; parallel jobs never delete or mix each other's files.
+    with atomic_folder(root, lambda f: demo_is_complete(f, n_per_class, size, seed)) as partial:
+        for class_name in DEMO_CLASSES:
+            (partial / class_name).mkdir()
+            for index in range(n_per_class):
+                image = draw_demo_face(class_name, index, size, seed)
+                image.save(partial / class_name / _file_name(index, n_per_class))
+        (partial / MARKER_NAME).write_text(json.dumps(_params(n_per_class, size, seed), indent=1))
     return root

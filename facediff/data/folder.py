@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from facediff.data.entries import scan_dir
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
@@ -14,16 +17,25 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_class_folders(root: str | os.PathLike[str]) -> list[str]:
-    """Sorted names of the non-hidden sub-folders of ``root``."""
-    with os.scandir(root) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+def list_class_folders(root: str | os.PathLike[str], skipped: list[str] | None = None) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``root``. Entries that cannot be used
+    (symlink loops, names that are not UTF-8; see `facediff.data.entries`) are left out and,
+    when ``skipped`` is given, appended to it as "name: reason"."""
+    scan = scan_dir(root)
+    if skipped is not None:
+        skipped.extend(scan.skipped)
+    return scan.dirs
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Sorted image files directly inside ``folder`` (not recursive)."""
-    with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if e.is_file() and is_image_name(e.name))
+def list_images(
+    folder: str | os.PathLike[str], skipped: list[str] | None = None, prefix: str = ""
+) -> list[Path]:
+    """Sorted image files directly inside ``folder`` (not recursive). Image names that cannot
+    be used are appended to ``skipped`` (when given) as "prefix + name: reason"."""
+    scan = scan_dir(folder, prefix, report=is_image_name)
+    if skipped is not None:
+        skipped.extend(scan.skipped)
+    return [Path(folder) / name for name in scan.files if is_image_name(name)]
 
 
 def describe_folder_classes(root: Path) -> str:
@@ -34,18 +46,38 @@ def describe_folder_classes(root: Path) -> str:
     return ", ".join(f"{name}: {len(list_images(root / name))}" for name in names)
 
 
+@dataclass
+class FolderScan:
+    """A folder-layout dataset: class names, (path, class index) pairs sorted by path, and the
+    entries skipped because they cannot be used ("relative name: reason")."""
+
+    names: list[str]
+    items: list[tuple[Path, int]]
+    skipped: list[str] = field(default_factory=list)
+
+
 def scan_folder(
     root: str | os.PathLike[str], classes: Sequence[str] | None = None
 ) -> tuple[list[str], list[tuple[Path, int]]]:
+    """`scan_folder_entries` without the skipped entries: (class names, (path, class index))."""
+    scan = scan_folder_entries(root, classes)
+    return scan.names, scan.items
+
+
+def scan_folder_entries(
+    root: str | os.PathLike[str], classes: Sequence[str] | None = None
+) -> FolderScan:
     """List the images of a folder-layout dataset.
 
-    Returns the class names (``classes`` in the given order, or all sub-folders sorted) and
-    ``(path, class index)`` pairs sorted by path. A requested class with no folder, or a folder
-    without images, raises ValueError listing the classes that do exist.
+    Returns the class names (``classes`` in the given order, or all sub-folders sorted),
+    ``(path, class index)`` pairs sorted by path and the skipped entries (symlink loops, names
+    that are not UTF-8). A requested class with no folder, or a folder without images, raises
+    ValueError listing the classes that do exist.
     """
     root = Path(root)
+    skipped: list[str] = []
     if classes is None:
-        names = list_class_folders(root)
+        names = list_class_folders(root, skipped)
         if not names:
             raise ValueError(
                 f"No class sub-folders in {root}. The folder layout expects "
@@ -73,7 +105,7 @@ def scan_folder(
         if not folder.is_dir():
             problems.append(f"class {name!r} has no folder {folder}")
             continue
-        images = list_images(folder)
+        images = list_images(folder, skipped, prefix=f"{name}/")
         if not images:
             problems.append(f"class {name!r} has no .jpg/.jpeg/.png images in {folder}")
         items.extend((path, index) for path in images)
@@ -83,4 +115,4 @@ def scan_folder(
             f"{describe_folder_classes(root)}. Fix: choose classes from that list or add images."
         )
     items.sort(key=lambda item: item[0])
-    return names, items
+    return FolderScan(names, items, skipped)

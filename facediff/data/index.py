@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +20,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from facediff.atomic import atomic_save
+from facediff.caches import keyed_payload, load_keyed
 from facediff.data.decode import Decoded, read_and_decode
 
 log = logging.getLogger("facediff.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a keyed_payload (facediff.caches)
+CACHE_KIND = "image index"
+PAYLOAD_FIELDS = ("relpaths", "digests", "sizes", "images", "unreadable", "load_size")
 PARALLEL_THRESHOLD = 256  # below this many files, worker start-up costs more than it saves
 
 
@@ -150,7 +153,8 @@ def index_key(
             stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        digest.update(f"\n{relpath}\t{stamp}".encode())
+        # surrogateescape: a name that is not valid UTF-8 still hashes (to its raw bytes)
+        digest.update(f"\n{relpath}\t{stamp}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -162,19 +166,6 @@ def _warn_unreadable(unreadable: list[str], reasons: list[str]) -> None:
         len(unreadable),
         examples,
     )
-
-
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _from_payload(payload: dict[str, Any], path: Path) -> ImageIndex:
@@ -213,13 +204,11 @@ def build_index(
     if cache_dir is not None:
         key = index_key(root, layout, relpaths, load_size, cache_images)
         cache_path = Path(cache_dir) / f"index-{layout}-{key[:24]}.pt"
-        if cache_path.is_file():
-            try:
-                payload = torch.load(cache_path, weights_only=True, mmap=True)
-                if payload.get("version") == CACHE_VERSION and payload.get("key") == key:
-                    return _from_payload(payload, cache_path)
-            except Exception as exc:  # a damaged cache is rebuilt, never fatal
-                log.warning("Ignoring unreadable index cache %s (%s); rebuilding.", cache_path, exc)
+        payload = load_keyed(
+            cache_path, CACHE_KIND, CACHE_VERSION, key, PAYLOAD_FIELDS, mmap=True
+        )  # a damaged or mismatched cache is rebuilt with a warning, never fatal
+        if payload is not None:
+            return _from_payload(payload, cache_path)
     result = decode_files([root / p for p in relpaths], size, num_workers)
     good = [i for i, err in enumerate(result.errors) if err is None]
     bad = [i for i, err in enumerate(result.errors) if err is not None]
@@ -239,16 +228,17 @@ def build_index(
         cache_path=cache_path,
     )
     if cache_path is not None:
-        payload = {
-            "version": CACHE_VERSION,
-            "key": key,
-            "relpaths": index.relpaths,
-            "digests": index.digests,
-            "sizes": index.sizes,
-            "images": index.images,
-            "unreadable": index.unreadable,
-            "load_size": index.load_size,
-        }
-        _save_atomic(payload, cache_path)
+        payload = keyed_payload(
+            CACHE_KIND,
+            CACHE_VERSION,
+            key,
+            relpaths=index.relpaths,
+            digests=index.digests,
+            sizes=index.sizes,
+            images=index.images,
+            unreadable=index.unreadable,
+            load_size=index.load_size,
+        )
+        atomic_save(payload, cache_path)  # unique temp file + rename: safe for parallel jobs
         log.info("Saved image index (%d files) to %s", len(index.relpaths), cache_path)
     return index

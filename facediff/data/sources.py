@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -9,15 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facediff.data.folder import describe_folder_classes, is_image_name, scan_folder
+from facediff.data.entries import scan_dir
+from facediff.data.folder import describe_folder_classes, is_image_name, scan_folder_entries
 from facediff.data.utkface import (
     GENDER_NAMES,
     RACE_NAMES,
     UTKFACE_NAME_FORMAT,
     ClassSelector,
     parse_utkface_name,
-    scan_utkface,
+    scan_utkface_entries,
 )
+
+log = logging.getLogger("facediff.data")
+_warned: set[tuple[str, ...]] = set()  # each root's skipped entries are reported once
 
 LAYOUTS = ("utkface", "folder")
 UTKFACE_URL = "https://susanqq.github.io/UTKFace/"
@@ -45,17 +50,10 @@ def check_root(root: str | os.PathLike[str]) -> Path:
 
 def detect_layout(root: Path) -> str:
     """Guess the layout: ``utkface`` when top-level files have UTKFace names, else ``folder``."""
-    n_utk = n_files = 0
-    has_dirs = False
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                has_dirs = True
-            elif entry.is_file():
-                n_files += 1
-                n_utk += parse_utkface_name(entry.name) is not None
+    scan = scan_dir(root)
+    n_files = len(scan.files)
+    n_utk = sum(parse_utkface_name(name) is not None for name in scan.files)
+    has_dirs = bool(scan.dirs)
     if n_utk > 0 or (n_files > 0 and not has_dirs):
         return "utkface"
     return "folder"
@@ -81,6 +79,7 @@ class Listing:
     labels: list[int]
     n_files: int
     malformed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name: reason" (facediff.data.entries)
 
 
 def _utk_overview(records: Sequence[Any]) -> str:
@@ -95,7 +94,7 @@ def _utk_overview(records: Sequence[Any]) -> str:
 
 def _list_utkface(root: Path, classes: Any, attribute: str) -> Listing:
     selector = ClassSelector(attribute, classes)
-    records, malformed = scan_utkface(root)
+    records, malformed, skipped = scan_utkface_entries(root)
     if not records:
         hint = ""
         if any(is_image_name(p.name) for d in root.iterdir() if d.is_dir() for p in d.iterdir()):
@@ -123,8 +122,8 @@ def _list_utkface(root: Path, classes: Any, attribute: str) -> Listing:
             f"Images per configured class: {per_class}. The data has: {_utk_overview(records)}. "
             "Fix: change `classes` so every class selects images that exist."
         )
-    n_files = len(records) + len(malformed)
-    return Listing(root, "utkface", selector.names, relpaths, labels, n_files, malformed)
+    n_files = len(records) + len(malformed) + len(skipped)
+    return Listing(root, "utkface", selector.names, relpaths, labels, n_files, malformed, skipped)
 
 
 def _list_folder(root: Path, classes: Any) -> Listing:
@@ -133,9 +132,27 @@ def _list_folder(root: Path, classes: Any) -> Listing:
             f"layout=folder takes `classes` as a list of sub-folder names or null, got "
             f"{classes!r}. Sub-folders in {root}: {describe_folder_classes(root)}."
         )
-    names, items = scan_folder(root, classes)
-    relpaths = [path.relative_to(root).as_posix() for path, _ in items]
-    return Listing(root, "folder", names, relpaths, [label for _, label in items], len(items))
+    scan = scan_folder_entries(root, classes)
+    relpaths = [path.relative_to(root).as_posix() for path, _ in scan.items]
+    labels = [label for _, label in scan.items]
+    n_files = len(scan.items) + len(scan.skipped)
+    return Listing(root, "folder", scan.names, relpaths, labels, n_files, skipped=scan.skipped)
+
+
+def warn_skipped(listing: Listing) -> None:
+    """One warning for the entries the listing skipped (symlink loops, non-UTF-8 names), once
+    per process for the same root and entries (setup lists the data more than once)."""
+    seen = (str(listing.root), *listing.skipped)
+    if listing.skipped and seen not in _warned:
+        _warned.add(seen)
+        log.warning(
+            "Skipped %d unusable entr%s in %s, e.g. %s. (python -m facediff.data ROOT lists "
+            "them all.)",
+            len(listing.skipped),
+            "y" if len(listing.skipped) == 1 else "ies",
+            listing.root,
+            "; ".join(listing.skipped[:3]),
+        )
 
 
 def list_labelled_files(
@@ -144,9 +161,13 @@ def list_labelled_files(
     """List and label the files selected by ``layout`` / ``classes`` / ``attribute``.
 
     Raises FileNotFoundError for a missing root and ValueError (listing what exists) when a
-    configured class has no images.
+    configured class has no images. Entries that cannot be used (symlink loops, names that are
+    not UTF-8) are skipped, listed in ``Listing.skipped`` and reported in one warning.
     """
     path = check_root(root)
     if check_layout(layout) == "utkface":
-        return _list_utkface(path, classes, attribute)
-    return _list_folder(path, classes)
+        listing = _list_utkface(path, classes, attribute)
+    else:
+        listing = _list_folder(path, classes)
+    warn_skipped(listing)
+    return listing

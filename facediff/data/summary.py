@@ -51,6 +51,8 @@ def format_summary(
     lines.append(f"  {'total':<{width}} " + " ".join(f"{v:>6}" for v in (*totals, sum(totals))))
     if listing.layout == "utkface":
         lines.append(f"  malformed names: {len(listing.malformed)} {listing.malformed[:3]}")
+    if listing.skipped:
+        lines.append(f"  skipped entries: {len(listing.skipped)} {listing.skipped[:3]}")
     lines.append(f"  unreadable files: {len(index.unreadable)} {index.unreadable[:3]}")
     action = "dropped" if dups.conflicting_dropped else "kept"
     lines.append(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facediff.data.entries import scan_dir
+
 UTKFACE_PATTERN = re.compile(r"^(\d+)_([01])_([0-4])_(\d{17})\.jpg(\.chip\.jpg)?$")
 UTKFACE_NAME_FORMAT = "[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]"
 RACE_NAMES: dict[int, str] = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
@@ -45,23 +47,29 @@ def scan_utkface(root: str | os.PathLike[str]) -> tuple[list[UTKRecord], list[st
     """List a flat UTKFace folder.
 
     Returns the well-formed records (sorted by file name) and the sorted names of the files whose
-    name does not follow the UTKFace convention. Hidden files and sub-folders are ignored.
+    name does not follow the UTKFace convention. Hidden files and sub-folders are ignored; so are
+    entries that cannot be used at all (see `scan_utkface_entries`, which reports them).
     """
+    records, malformed, _ = scan_utkface_entries(root)
+    return records, malformed
+
+
+def scan_utkface_entries(
+    root: str | os.PathLike[str],
+) -> tuple[list[UTKRecord], list[str], list[str]]:
+    """`scan_utkface` plus the skipped entries ("name: reason"): symlink loops and names that
+    are not valid UTF-8 (`facediff.data.entries`)."""
     root = Path(root)
+    scan = scan_dir(root)
     records: list[UTKRecord] = []
     malformed: list[str] = []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            parsed = parse_utkface_name(entry.name)
-            if parsed is None:
-                malformed.append(entry.name)
-            else:
-                records.append(UTKRecord(Path(entry.path), *parsed))
-    records.sort(key=lambda r: r.path.name)
-    malformed.sort()
-    return records, malformed
+    for name in scan.files:
+        parsed = parse_utkface_name(name)
+        if parsed is None:
+            malformed.append(name)
+        else:
+            records.append(UTKRecord(root / name, *parsed))
+    return records, malformed, scan.skipped
 
 
 def default_utkface_classes(attribute: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ with the diffusion model, and is cached on disk keyed by the data it was trained
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -20,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from facediff.atomic import atomic_save
+from facediff.caches import read_cache, warn_rebuild
 from facediff.evaluation.images import dataset_images
 
 log = logging.getLogger(__name__)
@@ -103,18 +106,46 @@ def cache_key(fields: Mapping[str, Any]) -> str:
 
 
 def save_classifier(path: str | Path, clf: FaceClassifier, meta: Mapping[str, Any]) -> None:
-    """Write weights, architecture and `meta` (class names, image size, data key, accuracy)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write weights, architecture and `meta` (class names, image size, data key, accuracy),
+    through a unique temporary file and one rename: parallel jobs and DDP ranks writing the same
+    cache never see or leave half a classifier."""
     blob = {
         "facediff_classifier": CLASSIFIER_FORMAT,
         "config": clf.config,
         "state_dict": clf.state_dict(),
         "meta": dict(meta),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # never leave a half-written classifier behind
+    atomic_save(blob, path)
+
+
+def _blob_problem(blob: Any) -> str | None:
+    """Why `blob` (as loaded) is not a saved facediff classifier, or None."""
+    if not isinstance(blob, dict) or blob.get("facediff_classifier") != CLASSIFIER_FORMAT:
+        return f"not a facediff evaluation classifier (format {CLASSIFIER_FORMAT})"
+    missing = [k for k in ("config", "state_dict", "meta") if not isinstance(blob.get(k), dict)]
+    return f"missing entries {missing}" if missing else None
+
+
+def _from_blob(blob: dict[str, Any]) -> tuple[FaceClassifier, dict[str, Any]]:
+    clf = FaceClassifier(**blob["config"])
+    clf.load_state_dict(blob["state_dict"])
+    return clf.eval(), dict(blob["meta"])
+
+
+def _load_cached(file: Path, key: str) -> tuple[FaceClassifier, dict[str, Any]] | None:
+    """The cached classifier with this key, or None (with a warning naming the file when it
+    exists but is truncated, of another format or key, or does not fit its own config)."""
+    blob = read_cache(file, "evaluation classifier", _blob_problem)
+    if blob is None:
+        return None
+    if blob["meta"].get("key") != key:
+        warn_rebuild(file, "evaluation classifier", "written for other settings (key mismatch)")
+        return None
+    try:
+        return _from_blob(blob)
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. state_dict of other shapes
+        warn_rebuild(file, "evaluation classifier", f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def load_classifier(path: str | Path) -> tuple[FaceClassifier, dict[str, Any]]:
@@ -127,14 +158,13 @@ def load_classifier(path: str | Path) -> tuple[FaceClassifier, dict[str, Any]]:
             "to train and cache one automatically."
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("facediff_classifier") != CLASSIFIER_FORMAT:
+    problem = _blob_problem(blob)
+    if problem is not None:
         raise ValueError(
-            f"{path} is not a facediff evaluation classifier (format {CLASSIFIER_FORMAT}). "
-            "Train one with `python evaluate.py task=train_classifier ckpt=...`."
+            f"{path} is {problem}. Train one with "
+            "`python evaluate.py task=train_classifier ckpt=...`."
         )
-    clf = FaceClassifier(**blob["config"])
-    clf.load_state_dict(blob["state_dict"])
-    return clf.eval(), dict(blob["meta"])
+    return _from_blob(blob)
 
 
 @torch.no_grad()
@@ -149,6 +179,23 @@ def predict(clf: FaceClassifier, images: Tensor, batch_size: int = 256) -> tuple
     return torch.cat(logits), torch.cat(feats)
 
 
+def training_data_fields(dm: Any) -> dict[str, Any]:
+    """Everything about a FaceDataModule's training data that changes a classifier trained on
+    it: the split's content and labels, the classes, the pixels (load and image size) and what
+    the training loader does (batch size, augmentation, balanced sampling and its seed)."""
+    augment = dm.augment
+    return {
+        "class_names": dm.class_names,
+        "image_size": dm.image_size,
+        "load_size": dm.load_size,
+        "train": dm.split_digest("train"),
+        "batch_size": dm.batch_size,
+        "augment": dataclasses.asdict(augment) if dataclasses.is_dataclass(augment) else augment,
+        "balanced": dm.balanced,
+        "sampler_seed": dm.seed if dm.balanced else None,
+    }
+
+
 def classifier_for(
     dm: Any,
     cache_dir: str | Path,
@@ -161,21 +208,19 @@ def classifier_for(
     device: str | torch.device = "cpu",
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """The evaluation classifier of a set-up FaceDataModule `dm`: loaded from `path`, else from
-    the cache (keyed by the training split's content, classes, image size and these settings),
-    else trained on the augmented training split, measured on the test split and cached.
+    the cache (keyed by `training_data_fields` and these settings; a corrupt or mismatched
+    cache file is retrained with a warning), else trained on the augmented training split,
+    measured on the test split and cached.
 
     Returns the classifier (in eval mode, on `device`) and its meta (key, accuracy, ...).
     """
     settings = {"epochs": epochs, "lr": lr, "widths": [int(w) for w in widths], "seed": seed}
-    data = {
-        "class_names": dm.class_names,
-        "image_size": dm.image_size,
-        "train": dm.split_digest("train"),
-    }
+    data = training_data_fields(dm)
     key = cache_key({"format": CLASSIFIER_FORMAT, **data, **settings})
     file = Path(path) if path else Path(cache_dir) / "classifiers" / f"classifier-{key}.pt"
-    if path or file.is_file():
-        clf, meta = load_classifier(file)
+    loaded = load_classifier(file) if path else _load_cached(file, key)
+    if loaded is not None:
+        clf, meta = loaded
         if meta.get("class_names") != dm.class_names or meta.get("image_size") != dm.image_size:
             raise ValueError(
                 f"Classifier {file} was trained for classes {meta.get('class_names')} at "

@@ -19,11 +19,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from facediff.atomic import atomic_save
+from facediff.caches import file_digest, keyed_payload, load_keyed
 from facediff.evaluation.classifier import FaceClassifier, predict
 
 log = logging.getLogger(__name__)
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+FEATURES_KIND = "real features"
+FEATURES_VERSION = 1
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
 )
@@ -36,6 +40,7 @@ class FeatureSpace:
     name: str
     fn: Callable[[Tensor], Tensor]
     classifier: FaceClassifier | None = None  # set when these are its penultimate features
+    weights_digest: str | None = None  # SHA-256 of the weights file, when one is used
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.fn(images)
@@ -93,17 +98,18 @@ def inception_space(
         ]
         return torch.cat(out)
 
-    return FeatureSpace("inception-v3", fn)
+    return FeatureSpace("inception-v3", fn, weights_digest=file_digest(weights))
 
 
-def cached(path: Path, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-    """`compute()` once, then read it back from `path` (a dict of tensors)."""
-    if path.is_file():
+def cached(path: Path, key: str, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`compute()` once, then read it back from `path` (a dict of tensors, saved with `key`).
+
+    A truncated, foreign or other-key file is recomputed with a warning naming it; the result
+    is written through a unique temporary file, so parallel jobs never corrupt each other's."""
+    payload = load_keyed(path, FEATURES_KIND, FEATURES_VERSION, key, ["features"])
+    if payload is not None and isinstance(payload["features"], dict):
         log.info("Loaded cached real-image features %s", path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return payload["features"]
     out = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    atomic_save(keyed_payload(FEATURES_KIND, FEATURES_VERSION, key, features=out), path)
     return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -109,6 +110,31 @@ def memorised_share(nn_distances: Tensor, threshold: float) -> float:
     return float((nn_distances < threshold).double().mean()) if len(nn_distances) else 0.0
 
 
+def wilson_interval(count: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for z=1.96) of a share `count / n`; (0, 1) for n = 0.
+
+    A memorised share of 5 in 300 is 1.7%, but its interval (0.7%, 3.8%) holds 1%: with the
+    threshold at the 1% quantile of real held-out faces, only the interval says whether a model
+    is nearer to its training images than real faces are."""
+    if n == 0:
+        return 0.0, 1.0
+    p = count / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def memorisation(nn_distances: Tensor, threshold: float) -> dict[str, Any]:
+    """The memorised share of samples (nearer to a training image than `threshold`), their
+    count and the share's 95% Wilson interval."""
+    count = int((nn_distances < threshold).sum())
+    return {
+        "memorised_share": memorised_share(nn_distances, threshold),
+        "memorised_count": count,
+        "memorised_ci95": list(wilson_interval(count, len(nn_distances))),
+    }
+
+
 def per_class_subset(labels: Tensor, n_per_class: dict[int, int]) -> Tensor:
     """Indices of the first n_per_class[c] rows of each class c (a fixed, reproducible subset)."""
     keep = [torch.nonzero(labels == c).flatten()[:n] for c, n in n_per_class.items()]
@@ -130,13 +156,16 @@ def group_metrics(
     kid_subset_size: int = 1000,
     floor_features: Tensor | None = None,
     floor_labels: Tensor | None = None,
+    floor_nn_distances: Tensor | None = None,
 ) -> dict:
     """Every metric, overall and per class, as a JSON-able dict (see evaluate.py's metrics.json).
 
     real_* are the real test split; nn_distances (N_fake,) the distance of each sample to its
     nearest training image (`nearest`), for the memorisation share. floor_* (optional) are real
     faces disjoint from the test split (e.g. the validation split): FID/KID between them and the
-    test split, with as many per class as were generated, are reported as `*_floor`.
+    test split, with as many per class as were generated, are reported as `*_floor`;
+    floor_nn_distances (optional, aligned with floor_*) give `memorised_share_floor`, the share
+    of those real held-out faces under the same threshold (about the threshold's quantile).
     """
     k = len(class_names)
     real_acc, real_per_class = accuracy(real_logits, real_labels, k)
@@ -155,12 +184,17 @@ def group_metrics(
         wanted = {c: int((fake_labels == c).sum()) for c in range(k)}
         keep = per_class_subset(floor_labels, wanted)
         floor_features, floor_labels = floor_features[keep], floor_labels[keep]
+        if floor_nn_distances is not None:
+            floor_nn_distances = floor_nn_distances[keep]
 
     def floor(real: Tensor, mask: Tensor | None) -> dict[str, float | None]:
         if floor_features is None or floor_labels is None:
             return {}
         other = floor_features if mask is None else floor_features[floor_labels == mask]
         values = realism(real, other)
+        if floor_nn_distances is not None:
+            near = floor_nn_distances if mask is None else floor_nn_distances[floor_labels == mask]
+            values["memorised_share"] = memorised_share(near, threshold)
         return {f"{key}_floor": v for key, v in values.items()}
 
     out: dict = {
@@ -171,7 +205,7 @@ def group_metrics(
         **floor(real_features, None),
         "diversity": mean_pairwise_distance(fake_features),
         "real_diversity": mean_pairwise_distance(real_features),
-        "memorised_share": memorised_share(nn_distances, threshold),
+        **memorisation(nn_distances, threshold),
         "memorisation_threshold": threshold,
         "n_generated": len(fake_labels),
         "n_real": len(real_labels),
@@ -187,7 +221,7 @@ def group_metrics(
             **floor(real_features[real_c], c),
             "diversity": mean_pairwise_distance(fake_features[fake_c]),
             "real_diversity": mean_pairwise_distance(real_features[real_c]),
-            "memorised_share": memorised_share(nn_distances[fake_c], threshold),
+            **memorisation(nn_distances[fake_c], threshold),
             "n_generated": int(fake_c.sum()),
             "n_real": int(real_c.sum()),
         }

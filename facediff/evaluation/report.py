@@ -27,6 +27,7 @@ PER_CLASS_COLUMNS = (
     ("diversity", "diversity"),
     ("real_diversity", "real div."),
     ("memorised_share", "memorised"),
+    ("memorised_share_floor", "memorised floor"),
     ("n_generated", "n gen."),
     ("n_real", "n real"),
 )
@@ -152,7 +153,13 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
             f"{fmt(result['diversity'])} / {fmt(result['real_diversity'])}",
         ),
         ("diversity ratio (generated / real)", result.get("diversity_ratio")),
-        ("memorised share", result["memorised_share"]),
+        (
+            "memorised share (count, 95% interval)",
+            f"{fmt(result['memorised_share'])} ({result.get('memorised_count', 'n/a')}, "
+            + " to ".join(fmt(v) for v in result.get("memorised_ci95", [None, None]))
+            + ")",
+        ),
+        ("memorised share of real held-out faces (floor)", result.get("memorised_share_floor")),
         ("memorisation threshold", result["memorisation_threshold"]),
         ("seconds per image", result["seconds_per_image"]),
     ]
@@ -176,7 +183,8 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "sets of real faces of the group (test and validation split, as many as were "
         "generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
-        "threshold (a low quantile of real test images' distances to the training set).\n",
+        "threshold (a low quantile of real test images' distances to the training set); memorised "
+        "floor: the same share for real validation faces, which the model never trained on.\n",
         markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
         "\n![per group](per_class.png)\n\n![samples](samples.png)\n",
     ]

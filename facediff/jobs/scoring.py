@@ -30,12 +30,15 @@ def real_features(
 ) -> dict[str, Tensor]:
     """Classifier logits, features and labels of the real test split, features of the real
     training split, and features and labels of the validation split (the FID/KID floor: real
-    faces against real faces); cached per data content, image size, classifier and space."""
+    faces against real faces); cached per data content, image and load size, classifier and
+    space (with its weights file's hash)."""
     key = cache_key(
         {
             "space": space.name,
+            "weights": space.weights_digest,
             "classifier": clf_key,
             "size": dm.image_size,
+            "load_size": dm.load_size,
             "test": dm.split_digest("test"),
             "train": dm.split_digest("train"),
             "val": dm.split_digest("val"),
@@ -55,7 +58,7 @@ def real_features(
         out["val_labels"] = [y for _, y in val]
         return {name: torch.cat(parts) for name, parts in out.items()}
 
-    return cached(cache_dir / "features" / f"real-{key}.pt", compute)
+    return cached(cache_dir / "features" / f"real-{key}.pt", key, compute)
 
 
 def generate(
@@ -96,6 +99,12 @@ class Scorer:
     kid_subset_size: int
     batch_size: int
 
+    def __post_init__(self) -> None:
+        # Real validation faces' distances to the training set: the memorisation floor.
+        self.floor_nn_distances, _ = metrics.nearest(
+            self.real["val_features"], self.real["train_features"]
+        )
+
     def __call__(
         self, n_per_class: int, settings: SamplingSettings
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,6 +127,7 @@ class Scorer:
             kid_subset_size=self.kid_subset_size,
             floor_features=self.real["val_features"],
             floor_labels=self.real["val_labels"],
+            floor_nn_distances=self.floor_nn_distances,
         )
         result["seconds_per_image"] = fake["seconds_per_image"]
         log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",

@@ -20,6 +20,7 @@ from facediff.diffusion.sampling import check_fits
 from facediff.diffusion.settings import SamplingSettings
 from facediff.inference import model_figures
 from facediff.inference.generator import Generator
+from facediff.lightning.time_share import TimeShare
 from facediff.untrusted import inside
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,16 @@ class EMAValidationCallback(Callback, ABC):
     """Calls `on_ema_validation` every `every_n_epochs` epochs, right after the first validation
     batch: Lightning's weight averaging has swapped the EMA weights in by then, whatever the
     order of the callbacks (its swap back happens before any `on_validation_epoch_end` of ours
-    could see them)."""
+    could see them).
+
+    `time_share` caps the callback's own work (figures, metrics, their set-up) at a share of
+    the run's wall time: a cadence point is skipped, and logged, when one more call would pass
+    it. Rank 0 decides, so that all DDP ranks skip together.
+    """
 
     every_n_epochs: int = 1
     sampling: SamplingSettings
+    time_share: TimeShare
     name: str = "callback"  # its key under `callbacks` in the config, for error messages
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -65,6 +72,8 @@ class EMAValidationCallback(Callback, ABC):
             check_fits(self.sampling, pl_module.schedule, pl_module.objective)
         except ValueError as err:
             raise ValueError(f"callbacks.{self.name}.sampling: {err}") from err
+        if stage == "fit":
+            self.time_share.start()
 
     @abstractmethod
     def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,8 +90,20 @@ class EMAValidationCallback(Callback, ABC):
     ) -> None:
         if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        if not trainer.strategy.broadcast(self.time_share.allows(), src=0):
+            self.time_share.skipped += 1
+            log.info(
+                "%s: skipped at epoch %d to stay within %s of the wall time (%s)",
+                self.name, trainer.current_epoch, self.time_share.share, self.time_share.summary(),
+            )  # fmt: skip
+            return
+        with self.time_share.charge():
             self.on_ema_validation(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("%s: %s", self.name, self.time_share.summary())
 
 
 class SampleGrid(EMAValidationCallback):
@@ -93,7 +114,8 @@ class SampleGrid(EMAValidationCallback):
     has swapped the EMA weights in (whatever the order of the callbacks), and once more at the
     end of fit, when the module holds the final EMA weights. `sampling` holds the sampler
     settings (conf/sampling/default.yaml's unless overridden); the noise is drawn from its seed,
-    so the figures of different epochs start from the same noise.
+    so the figures of different epochs start from the same noise. `max_time_share` (e.g. 0.05)
+    caps the figures' share of the run's wall time (see EMAValidationCallback); null: no cap.
     """
 
     name = "sample_grid"
@@ -106,6 +128,7 @@ class SampleGrid(EMAValidationCallback):
         denoising_frames: int | None = None,
         attention: bool = False,
         dirname: str = "samples",
+        max_time_share: float | None = None,
     ) -> None:
         if every_n_epochs < 1 or n_per_class < 1:
             raise ValueError("callbacks.sample_grid: every_n_epochs and n_per_class must be >= 1.")
@@ -115,6 +138,7 @@ class SampleGrid(EMAValidationCallback):
         self.denoising_frames = denoising_frames
         self.attention = attention
         self.dirname = dirname
+        self.time_share = TimeShare(max_time_share)
         self._last_written: tuple[int, str] | None = None  # (global step, file name prefix)
 
     def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -124,11 +148,14 @@ class SampleGrid(EMAValidationCallback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After WeightAveraging.on_train_end the module holds the final EMA weights. When the
         # last validation already drew them (same step, same noise), copy its files instead.
+        # The final figures are the run's result: always written (and counted in its share).
         last = self._last_written
-        if last is not None and last[0] == trainer.global_step:
-            self._copy_as_final(Path(trainer.default_root_dir) / self.dirname, last[1])
-        else:
-            self._write(trainer, pl_module, "final")
+        with self.time_share.charge():
+            if last is not None and last[0] == trainer.global_step:
+                self._copy_as_final(Path(trainer.default_root_dir) / self.dirname, last[1])
+            else:
+                self._write(trainer, pl_module, "final")
+        super().on_fit_end(trainer, pl_module)
 
     @rank_zero_only
     def _copy_as_final(self, out_dir: Path, name: str) -> None:

@@ -27,6 +27,8 @@ from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
 from facediff.lightning.callbacks import EMAValidationCallback, as_settings, module_generator
+from facediff.lightning.rank_sync import rank_zero_first
+from facediff.lightning.time_share import TimeShare
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class EvalMetrics(EMAValidationCallback):
             the training split when missing; evaluate.py reuses the same cache).
         sampling: sampler settings (conf/sampling/default.yaml's unless overridden).
         classifier: `classifier_for` settings (epochs, lr, widths, seed, path).
+        max_time_share: cap on this callback's share of the run's wall time, its classifier's
+            preparation included (see EMAValidationCallback); null: no cap.
     """
 
     name = "eval_metrics"
@@ -52,6 +56,7 @@ class EvalMetrics(EMAValidationCallback):
         n_per_class: int = 64,
         kid_subset_size: int = 100,
         classifier: dict[str, Any] | None = None,
+        max_time_share: float | None = None,
     ) -> None:
         if every_n_epochs < 1 or n_per_class < 2:
             raise ValueError("callbacks.eval_metrics: need every_n_epochs >= 1, n_per_class >= 2.")
@@ -61,6 +66,7 @@ class EvalMetrics(EMAValidationCallback):
         self.sampling = as_settings(sampling, self.name)
         self.kid_subset_size = kid_subset_size
         self.classifier_settings = dict(classifier or {})
+        self.time_share = TimeShare(max_time_share)
         self.clf: FaceClassifier | None = None
         self.val_features: torch.Tensor | None = None
 
@@ -68,6 +74,11 @@ class EvalMetrics(EMAValidationCallback):
         super().setup(trainer, pl_module, stage)  # sampling steps against T, before any work
         if stage != "fit" or self.clf is not None:
             return
+        with self.time_share.charge(one_off=True):
+            self._prepare(trainer, pl_module)
+
+    def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The classifier (trained and cached by rank 0 when missing) and the real features."""
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "split_digest"):
             raise ValueError("callbacks.eval_metrics needs facediff's FaceDataModule.")
@@ -77,11 +88,13 @@ class EvalMetrics(EMAValidationCallback):
                 dm, self.cache_dir, device=pl_module.device, **self.classifier_settings
             )
 
-        if trainer.is_global_zero:  # rank 0 trains and caches it; the others then load it
-            self.clf, meta = get()
-        trainer.strategy.barrier()
-        if not trainer.is_global_zero:
-            self.clf, meta = get()
+        # rank 0 trains and caches it, the others then load it; a failure stops every rank
+        self.clf, meta = rank_zero_first(
+            trainer.strategy,
+            get,
+            "preparing the evaluation classifier",
+            hint="Fix: put paths.cache_dir on a file system that every node sees.",
+        )
         self.val_features = torch.cat(
             [predict(self.clf, x)[1] for x, _ in iter_images(dm.eval_dataset("val"))]
         )

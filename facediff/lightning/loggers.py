@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from facediff.lightning.sweeps import job_run_name
+
 log = logging.getLogger(__name__)
 
 
@@ -27,11 +29,14 @@ def wandb_logged_in() -> bool:
 
 
 def build_logger(cfg: DictConfig | None) -> Logger | bool:
-    """Instantiate `cfg.logger`; `offline: auto` on a WandbLogger picks online iff logged in."""
+    """Instantiate `cfg.logger`; `offline: auto` on a WandbLogger picks online iff logged in, and
+    a W&B run without a `name` is named after its Hydra job (`<sweep date>/<job num>`)."""
     if cfg is None:
         return False
     kwargs: dict[str, Any] = {}
     is_wandb = str(cfg.get("_target_", "")).endswith("WandbLogger")
+    if is_wandb and cfg.get("name") is None:  # each job of a sweep its own, recognisable name
+        kwargs["name"] = job_run_name()
     if is_wandb and cfg.get("offline") == "auto":
         env_mode = os.environ.get("WANDB_MODE")
         kwargs["offline"] = env_mode in ("offline", "dryrun") or (

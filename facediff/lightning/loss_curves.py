@@ -126,7 +126,7 @@ class LossCurves(Callback):
             self.history["val"].append(
                 {"step": trainer.global_step, "loss": loss, "per_t": per_t, **(speed or {})}
             )
-            if speed is not None:
+            if speed is not None and trainer.is_global_zero:  # one line, not one per rank
                 log.info("step %d: val/loss %.4f; %.2f steps/s, %.1f images/s since the last "
                          "validation (validation included)", trainer.global_step, loss,
                          speed["steps_per_sec"], speed["images_per_sec"])  # fmt: skip

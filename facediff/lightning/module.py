@@ -37,6 +37,10 @@ class DiffusionModule(L.LightningModule):
         val_seed: seed of the fixed validation noise.
         data: the run's data config (unused in training; evaluate.py rebuilds the data from it,
             so that it scores the model against the test split the model never saw).
+        channels_last: keep the network's weights and the training batches in channels_last
+            memory format (speed only; the checkpoint's weights load either way).
+        compile: compile the network in place with `nn.Module.compile` (state_dict keys stay
+            those of the plain network: no `_orig_mod.` prefix reaches checkpoints or the EMA).
         optimizer: params -> optimizer, built by train.py from the composed config (conf/).
             Not a hyper-parameter: it is never saved, so a module rebuilt from a checkpoint's
             stored hparams has none and cannot train until one is given.
@@ -53,6 +57,8 @@ class DiffusionModule(L.LightningModule):
         val_timesteps: int = 10,
         val_seed: int = 0,
         data: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
@@ -62,6 +68,10 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.class_names = list(class_names)
         self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+        if compile:
+            self.net.compile()
         self.schedule, self.objective = build_diffusion(diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
@@ -73,6 +83,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch  # (B,3,H,W) in [-1, 1], (B,)
+        x0 = x0.contiguous(memory_format=self.memory_format)
         y = drop_labels(y, self.hparams.p_uncond, null_id=self.num_classes)
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=self.device)
         loss = diffusion_loss(

@@ -16,10 +16,12 @@ from facediff.checkpoint import check_resumable
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 from facediff.lightning.checkpoint_io import AtomicCheckpointIO
+from facediff.lightning.distributed import launched_as_rank_zero, refuse_relaunch_in_multirun
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
 from facediff.lightning.preemption import Preempted, as_preempted, resume_command
 from facediff.lightning.resume import resolve_ckpt_path
+from facediff.lightning.sweeps import in_multirun, objective_value
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,9 @@ def run(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if launched_as_rank_zero():  # one copy, not one per DDP rank
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        log.info("Resolved config saved to %s", out_dir / "config.yaml")
 
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg, datamodule.class_names)
@@ -84,6 +88,7 @@ def run(cfg: DictConfig) -> float | None:
     if ckpt_path:
         check_resumable(ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
+    refuse_relaunch_in_multirun(trainer, in_multirun())
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(config_for_logging(cfg))
@@ -91,8 +96,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule)
-        metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
-        return None if metric is None else float(metric)
+        return objective_value(trainer.callback_metrics, cfg.get("optimized_metric"))
     except (Preempted, SIGTERMException) as stop:  # a signal: never exit 0 (preemption.py)
         stopped = as_preempted(stop, trainer.global_step)
         log.error("%s\nResume with: %s", stopped, resume_command(out_dir, cfg.get("run_name")))

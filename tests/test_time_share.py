@@ -1,0 +1,61 @@
+"""The callbacks' wall-time cap (facediff.lightning.time_share) and its use in training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from facediff.lightning.time_share import TimeShare
+from facediff.lightning.training import run
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_share_allows_a_call_only_within_its_share():
+    clock = FakeClock()
+    share = TimeShare(0.1, clock=clock)
+    share.start()
+    assert share.allows()  # nothing spent, no estimate yet
+    with share.charge():
+        clock.now += 2.0  # a 2 s call at t=0
+    clock.now = 10.0  # 2 s spent + 2 s estimate > 10% of 10 s
+    assert not share.allows()
+    clock.now = 40.0  # 4 s <= 10% of 40 s
+    assert share.allows()
+    with share.charge(one_off=True):
+        clock.now += 20.0  # a one-off set-up costs but does not change the estimate
+    assert share.spent == pytest.approx(22.0) and share.last_cost == pytest.approx(2.0)
+    assert share.calls == 1
+    assert "1 calls" in share.summary()
+
+
+def test_no_limit_and_bad_shares():
+    assert TimeShare(None).allows()
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="max_time_share"):
+            TimeShare(bad)
+
+
+def test_sample_grid_skips_cadence_points_beyond_its_share_but_draws_the_final(tiny_cfg, caplog):
+    cfg = tiny_cfg(
+        "trainer.max_epochs=3",
+        "callbacks.sample_grid.every_n_epochs=1",
+        "callbacks.sample_grid.max_time_share=0.001",
+    )
+    with caplog.at_level(logging.INFO, logger="facediff.lightning.callbacks"):
+        run(cfg)
+    names = {p.name for p in (Path(cfg.paths.output_dir) / "samples").glob("*.png")}
+    epoch_grids = {n for n in names if n.startswith("epoch") and n.count("-") == 1}
+    # The first cadence point runs (no estimate yet); the next two would pass 0.1% of the run.
+    assert len(epoch_grids) == 1, names
+    assert "final.png" in names, names
+    assert "sample_grid: skipped at epoch" in caplog.text
+    assert "2 skipped" in caplog.text
