@@ -97,3 +97,41 @@ def check_resumable(path: str | Path, hparams: dict[str, Any]) -> None:
                 "Resume with the same config as the run that wrote it (its .hydra/config.yaml), "
                 "or start a fresh run without ckpt_path."
             )
+    check_same_split(path, saved.get("data"), hparams.get("data"))
+
+
+# The data settings that decide which image lands in which split (train/val/test). The root
+# may move (another mount point) and loader settings may change; these may not.
+SPLIT_KEYS = ("layout", "classes", "attribute", "split", "seed", "dedupe", "demo")
+
+
+def check_same_split(path: str | Path, saved: Any, current: Any) -> None:
+    """Refuse to resume when the data settings that decide the split differ: the resumed run
+    would train on images the checkpoint's run held out for validation and test."""
+    if not isinstance(saved, Mapping) or not isinstance(current, Mapping):
+        raise CheckpointError(
+            f"Cannot resume from {path}: it does not record its data config (data.split, "
+            "data.seed, classes), so facediff cannot check that resuming keeps the test images "
+            "out of training. Start a fresh run, or fine-tune from it in your own code."
+        )
+    for key in SPLIT_KEYS:
+        if _plain(saved.get(key)) != _plain(current.get(key)):
+            raise CheckpointError(
+                f"Cannot resume from {path}: data.{key} differs from the checkpoint's, which "
+                "would change the train/val/test split and move held-out images into "
+                f"training.\n  checkpoint: data.{key}={saved.get(key)}\n"
+                f"  this run:   data.{key}={current.get(key)}\n"
+                f"Resume with data.{key} as the checkpoint has it (its run's .hydra/config.yaml), "
+                "or start a fresh run without ckpt_path."
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Compare configs by value: mappings as dicts, sequences as lists, numbers as floats."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value

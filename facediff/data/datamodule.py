@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from facediff.data.balanced_sampler import BalancedSampler
 from facediff.data.checks import check_demo, configured_class_names, positive_int
@@ -19,6 +20,7 @@ from facediff.data.demo import write_demo_dataset
 from facediff.data.duplicates import resolve_duplicates
 from facediff.data.folder import list_class_folders
 from facediff.data.index import ImageIndex, build_index
+from facediff.data.resumable import ResumableDataLoader, SeededRandomSampler
 from facediff.data.sources import Listing, check_layout, check_root, list_labelled_files
 from facediff.data.splits import SPLIT_NAMES, check_fractions, content_digest, split_indices
 from facediff.data.summary import check_usable, format_summary
@@ -180,8 +182,14 @@ class FaceDataModule(L.LightningDataModule):
             raise RuntimeError("FaceDataModule.setup() must run before asking for a dataloader.")
         return dataset
 
-    def _loader(self, dataset: FaceDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self,
+        dataset: FaceDataset,
+        batch_size: int,
+        loader: type[DataLoader] = DataLoader,
+        **kwargs: Any,
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -191,12 +199,18 @@ class FaceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Batches in an order that depends only on the seed and the epoch, and that resumes
+        mid-epoch where a checkpoint stopped (facediff.data.resumable)."""
         dataset = self._require(self.train_set)
-        sampler = BalancedSampler(dataset.targets, seed=self.seed) if self.balanced else None
+        if self.balanced:
+            sampler: Sampler[int] = BalancedSampler(dataset.targets, seed=self.seed)
+        else:  # the run's seed, as Lightning's DistributedSampler uses under DDP
+            seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+            sampler = SeededRandomSampler(dataset, seed=seed)
         return self._loader(
             dataset,
             self.batch_size,
-            shuffle=sampler is None,
+            loader=ResumableDataLoader,
             sampler=sampler,
             drop_last=len(dataset) > self.batch_size,
         )

@@ -9,16 +9,20 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.checkpoint import check_resumable
 from facediff.config_checks import check_train_config
 from facediff.data.build import build_datamodule
 from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+from facediff.lightning.checkpoint_io import AtomicCheckpointIO
 from facediff.lightning.distributed import launched_as_rank_zero, refuse_relaunch_in_multirun
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
 from facediff.lightning.module import DiffusionModule
 from facediff.lightning.out_of_memory import explain_out_of_memory
+from facediff.lightning.preemption import Preempted, as_preempted, resume_command
+from facediff.lightning.resume import resolve_ckpt_path
 from facediff.lightning.sweeps import in_multirun, objective_value
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         logger=logger,
         precision=precision,
         default_root_dir=cfg.paths.output_dir,
+        plugins=[AtomicCheckpointIO()],  # a kill mid-write never corrupts a checkpoint
     )
 
 
@@ -82,8 +87,9 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     module = build_module(cfg, datamodule.class_names)
-    if cfg.get("ckpt_path"):
-        check_resumable(cfg.ckpt_path, dict(module.hparams))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)  # facediff.lightning.resume
+    if ckpt_path:
+        check_resumable(ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
     refuse_relaunch_in_multirun(trainer, in_multirun())
     try:
@@ -91,9 +97,13 @@ def run(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(config_for_logging(cfg))
         log.info("Classes: %s; schedule: %s", module.class_names, module.schedule)
         with explain_out_of_memory(cfg, trainer):  # saves what it can, names the switches
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if cfg.get("test"):
                 trainer.test(module, datamodule=datamodule)
         return objective_value(trainer.callback_metrics, cfg.get("optimized_metric"))
+    except (Preempted, SIGTERMException) as stop:  # a signal: never exit 0 (preemption.py)
+        stopped = as_preempted(stop, trainer.global_step)
+        log.error("%s\nResume with: %s", stopped, resume_command(out_dir, cfg.get("run_name")))
+        raise stopped from None
     finally:
         finish_loggers(trainer.loggers)
