@@ -81,11 +81,23 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        _fsync(tmp)  # the data is on disk before the rename makes it visible
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
+        _fsync(target.parent)  # and the rename itself survives a crash
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a no-op where a folder cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_save(obj: Any, target: str | os.PathLike[str]) -> None:

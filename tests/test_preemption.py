@@ -19,8 +19,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from test_resume import SignalAt, add_callbacks
 
+from facediff.atomic import atomic_save
 from facediff.checkpoint import load_checkpoint
-from facediff.lightning.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from facediff.lightning.checkpoint_io import AtomicCheckpointIO
 from facediff.lightning.preemption import Preempted, Preemption, as_preempted, parse_signals
 from facediff.lightning.training import build_trainer, run
 
@@ -39,8 +40,8 @@ def half_then_fail(real_save):
         buffer = io.BytesIO()
         real_save(obj, buffer)
         data = buffer.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
+        with open(f, "wb") as out:  # facediff.atomic hands torch.save its temporary's path
+            out.write(data[: len(data) // 2])
         raise OSError("simulated: killed while writing the checkpoint")
 
     return save
@@ -148,14 +149,14 @@ def test_trainer_writes_checkpoints_atomically(tiny_cfg):
 
 def test_a_write_killed_half_way_leaves_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "checkpoints" / "last.ckpt"
-    atomic_torch_save({"step": 1}, target)
+    atomic_save({"step": 1}, target)
     assert torch.load(target, weights_only=True) == {"step": 1}
     monkeypatch.setattr(torch, "save", half_then_fail(torch.save))
     with pytest.raises(OSError, match="simulated"):
-        atomic_torch_save({"step": 2, "big": torch.zeros(10_000)}, target)
+        atomic_save({"step": 2, "big": torch.zeros(10_000)}, target)
     assert torch.load(target, weights_only=True) == {"step": 1}
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
     monkeypatch.undo()
-    atomic_torch_save({"step": 3}, target)
+    atomic_save({"step": 3}, target)
     assert torch.load(target, weights_only=True) == {"step": 3}
     assert oct(target.stat().st_mode & 0o777) == "0o644"

@@ -17,59 +17,17 @@ through it. Remote paths (`s3://...`) keep Lightning's own writer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from facediff.atomic import atomic_save
+
 log = logging.getLogger(__name__)
-
-
-def temp_prefix(target: Path) -> str:
-    """The name prefix of the temporary files written next to `target`."""
-    return f".{target.name}.tmp-"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename in `folder` (a no-op where folders cannot be opened, e.g. Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
-    """`torch.save(obj, target)` through a temporary file in the same folder and one rename.
-
-    The folder is created if needed. On any failure (or KeyboardInterrupt / SystemExit) the
-    temporary file is removed and the previous `target`, if any, is left untouched.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target))
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared like any output
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -86,7 +44,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not _is_local(path):
             super().save_checkpoint(checkpoint, path)
             return
-        atomic_torch_save(checkpoint, path)
+        atomic_save(checkpoint, path)  # facediff.atomic: temp file, fsync, rename
 
 
 def _is_local(path: _PATH) -> bool:
