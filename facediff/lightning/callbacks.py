@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -60,6 +62,7 @@ class EMAValidationCallback(Callback, ABC):
     """
 
     every_n_epochs: int = 1
+    n_per_class: int = 1
     sampling: SamplingSettings
     time_share: TimeShare
     name: str = "callback"  # its key under `callbacks` in the config, for error messages
@@ -74,6 +77,26 @@ class EMAValidationCallback(Callback, ABC):
             raise ValueError(f"callbacks.{self.name}.sampling: {err}") from err
         if stage == "fit":
             self.time_share.start()
+
+    def estimate_call(self, pl_module: L.LightningModule) -> float:
+        """Seconds that one call will take, before any has run, so that the cap holds from the
+        first cadence point on: one timed network evaluation on the batch the sampler draws
+        (both halves with guidance), times the sampler's steps. A lower bound (figures and
+        metrics add work); after the first call its measured cost replaces it."""
+        n = self.n_per_class * pl_module.num_classes
+        n *= 1 if self.sampling.guidance == 1.0 else 2
+        size = pl_module.hparams.image_size
+        x = torch.randn(n, 3, size, size, device=pl_module.device)
+        t = torch.full((n,), pl_module.schedule.num_steps - 1, device=pl_module.device)
+        y = torch.zeros(n, dtype=torch.long, device=pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        begin = time.perf_counter()
+        with torch.no_grad():
+            pl_module.net(x, t, y)
+        seconds = time.perf_counter() - begin
+        pl_module.train(was_training)
+        return seconds * self.sampling.steps
 
     @abstractmethod
     def on_ema_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -92,6 +115,11 @@ class EMAValidationCallback(Callback, ABC):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
+        if self.time_share.calls == 0 and self.time_share.last_cost == 0.0:
+            # Before the first call: estimate it here, on the device and weights it will use.
+            with self.time_share.charge(one_off=True):
+                estimate = self.estimate_call(pl_module)
+            self.time_share.last_cost = estimate
         if not trainer.strategy.broadcast(self.time_share.allows(), src=0):
             self.time_share.skipped += 1
             log.info(
