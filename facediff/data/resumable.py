@@ -31,29 +31,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
+from facediff.data.balanced_sampler import EpochSeeded
 
-class SeededRandomSampler(RandomSampler):
+
+class SeededRandomSampler(EpochSeeded, RandomSampler):
     """A RandomSampler (without replacement) whose permutation for epoch e is drawn from
-    ``seed + e``. Lightning calls ``set_epoch``; under DDP it replaces this sampler, as any
-    RandomSampler, with a DistributedSampler that is seeded the same way. Without any
-    ``set_epoch`` call (a plain loop, e.g. the evaluation classifier's), each pass advances the
-    epoch by itself, as BalancedSampler does."""
+    ``seed + e`` (`EpochSeeded`). Under DDP Lightning replaces this sampler, as any
+    RandomSampler, with a DistributedSampler that is seeded the same way."""
 
     def __init__(self, data_source: Sized, seed: int = 0) -> None:
         super().__init__(data_source)
-        self.seed = int(seed)
-        self.epoch = 0
-        self._auto_epoch = True
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._auto_epoch = False
-
-    def __iter__(self) -> Iterator[int]:
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self._auto_epoch:
-            self.epoch += 1
-        return super().__iter__()
+        self._seed_epochs(seed)
 
 
 class _SkipFirst(Sampler[int]):
