@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -28,15 +29,26 @@ def wandb_logged_in() -> bool:
     return any(host.startswith(base.split("/")[0]) for host in hosts)
 
 
+def wandb_run_id(run_dir: str) -> str:
+    """A W&B run id derived from the absolute run folder (W&B ids allow [a-z0-9_-])."""
+    digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:16]
+    return f"facediff-{digest}"
+
+
 def build_logger(cfg: DictConfig | None) -> Logger | bool:
-    """Instantiate `cfg.logger`; `offline: auto` on a WandbLogger picks online iff logged in, and
-    a W&B run without a `name` is named after its Hydra job (`<sweep date>/<job num>`)."""
+    """Instantiate `cfg.logger`; `offline: auto` on a WandbLogger picks online iff logged in, a
+    W&B run without a `name` is named after its Hydra job (`<sweep date>/<job num>`), and one
+    without an `id` gets one from its run folder, resumable (`wandb_run_id`)."""
     if cfg is None:
         return False
     kwargs: dict[str, Any] = {}
     is_wandb = str(cfg.get("_target_", "")).endswith("WandbLogger")
     if is_wandb and cfg.get("name") is None:  # each job of a sweep its own, recognisable name
         kwargs["name"] = job_run_name()
+    if is_wandb and cfg.get("id") is None and cfg.get("save_dir"):
+        # One W&B run per run folder: a run resumed or requeued into its folder (ckpt_path=last)
+        # continues its W&B run (WandbLogger passes resume="allow") instead of starting another.
+        kwargs["id"] = wandb_run_id(str(cfg.save_dir))
     if is_wandb and cfg.get("offline") == "auto":
         env_mode = os.environ.get("WANDB_MODE")
         kwargs["offline"] = env_mode in ("offline", "dryrun") or (
