@@ -91,9 +91,14 @@ class EMAValidationCallback(Callback, ABC):
         y = torch.zeros(n, dtype=torch.long, device=pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
+        on_gpu = x.device.type == "cuda"  # CUDA runs asynchronously: time it synchronised
+        if on_gpu:
+            torch.cuda.synchronize(x.device)
         begin = time.perf_counter()
         with torch.no_grad():
             pl_module.net(x, t, y)
+        if on_gpu:
+            torch.cuda.synchronize(x.device)
         seconds = time.perf_counter() - begin
         pl_module.train(was_training)
         return seconds * self.sampling.steps
@@ -115,8 +120,9 @@ class EMAValidationCallback(Callback, ABC):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
-        if self.time_share.calls == 0 and self.time_share.last_cost == 0.0:
-            # Before the first call: estimate it here, on the device and weights it will use.
+        share = self.time_share
+        if share.share is not None and share.calls == 0 and share.last_cost == 0.0:
+            # Before the first capped call: estimate it here, on the device it will run on.
             with self.time_share.charge(one_off=True):
                 estimate = self.estimate_call(pl_module)
             self.time_share.last_cost = estimate
