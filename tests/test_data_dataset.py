@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from facediff.data.dataset import FaceDataset
-from facediff.data.transforms import Augment, build_eval_transform, build_train_transform
+from facediff.data.transforms import (
+    Augment,
+    build_eval_transform,
+    build_train_collate,
+    build_train_transform,
+)
 
 FULL = {
     "hflip": 0.5,
@@ -38,13 +43,15 @@ def test_item_format_and_range() -> None:
     assert dataset[2][1].item() == 2
 
 
-def test_train_augmentation_is_fresh_every_read_eval_is_fixed() -> None:
+def test_train_augmentation_is_fresh_every_batch_eval_is_fixed() -> None:
     images = _images()
-    transform = build_train_transform(16, Augment.from_config(FULL))
-    train = FaceDataset([0] * 4, transform, images=images)
-    reads = [train[0][0] for _ in range(4)]
-    assert all(not torch.equal(reads[0], other) for other in reads[1:])
-    assert all(r.min() >= -1 and r.max() <= 1 and r.shape == (3, 16, 16) for r in reads)
+    augment = Augment.from_config(FULL)
+    train = FaceDataset([0] * 4, build_train_transform(16, augment), images=images)
+    assert torch.equal(train[0][0], images[0])  # the batch is augmented, not the image
+    collate = build_train_collate(16, augment)
+    batches = [collate([train[i] for i in range(4)])[0] for _ in range(4)]
+    assert all(not torch.equal(batches[0], other) for other in batches[1:])
+    assert all(b.min() >= -1 and b.max() <= 1 and b.shape == (4, 3, 16, 16) for b in batches)
     evaluation = FaceDataset([0] * 4, build_eval_transform(16), images=images)
     assert torch.equal(evaluation[0][0], evaluation[0][0])
 
@@ -52,9 +59,9 @@ def test_train_augmentation_is_fresh_every_read_eval_is_fixed() -> None:
 @pytest.mark.parametrize("key", list(FULL))
 def test_each_augmentation_alone_is_random(key: str) -> None:
     images = _images(1, 24)
-    transform = build_train_transform(16, Augment.from_config({key: FULL[key]}))
+    collate = build_train_collate(16, Augment.from_config({key: FULL[key]}))
     torch.manual_seed(0)
-    reads = [transform(images[0]) for _ in range(12)]
+    reads = [collate([(images[0], torch.tensor(0))])[0] for _ in range(12)]
     assert any(not torch.equal(reads[0], other) for other in reads[1:])
 
 
@@ -62,8 +69,10 @@ def test_everything_off_equals_eval() -> None:
     images = _images(1, 24)
     off = {"hflip": 0, "rotation": 0, "crop_scale": None, "color_jitter": None}
     for config in (None, off, {"color_jitter": {"brightness": 0}}):
-        train = build_train_transform(16, Augment.from_config(config))
+        augment = Augment.from_config(config)
+        train = build_train_transform(16, augment)
         assert torch.equal(train(images[0]), build_eval_transform(16)(images[0]))
+        assert build_train_collate(16, augment) is None
 
 
 @pytest.mark.parametrize(

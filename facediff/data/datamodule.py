@@ -24,7 +24,12 @@ from facediff.data.resumable import ResumableDataLoader, SeededRandomSampler
 from facediff.data.sources import Listing, check_layout, check_root, list_labelled_files
 from facediff.data.splits import SPLIT_NAMES, check_fractions, content_digest, split_indices
 from facediff.data.summary import check_usable, format_summary
-from facediff.data.transforms import Augment, build_eval_transform, build_train_transform
+from facediff.data.transforms import (
+    Augment,
+    build_eval_transform,
+    build_train_collate,
+    build_train_transform,
+)
 from facediff.untrusted import check_names
 
 log = logging.getLogger("facediff.data")
@@ -213,6 +218,7 @@ class FaceDataModule(L.LightningDataModule):
             loader=ResumableDataLoader,
             sampler=sampler,
             drop_last=len(dataset) > self.batch_size,
+            collate_fn=build_train_collate(self.image_size, self.augment),  # augments the batch
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -1,19 +1,22 @@
-"""Training augmentation and evaluation transforms (torchvision.transforms.v2).
+"""Augmentation settings, the per-image transforms and the training collate.
 
-Inputs are (3, L, L) uint8 tensors (L = load size); outputs are (3, S, S) float32 in [-1, 1]
-(S = image size). Every random draw happens per call, so each sample gets fresh augmentation
-every epoch.
+Inputs are (3, L, L) uint8 tensors (L = load size). The evaluation transform (torchvision v2)
+makes (3, S, S) float32 in [-1, 1] (S = image size). Training with any augmentation on leaves
+each image as it is and augments the collated batch with fresh parameters per image
+(facediff.data.batch_augment); with all of it off, training images go through the evaluation
+transform.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
+
+from facediff.data.batch_augment import TrainCollate
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 AUGMENT_KEYS = ("hflip", "rotation", "crop_scale", "color_jitter")
@@ -36,6 +39,11 @@ class Augment:
     rotation: float = 0.0
     crop_scale: tuple[float, float] | None = None
     color_jitter: tuple[float, float, float, float] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return self != Augment()
 
     @classmethod
     def from_config(cls, augment: Mapping[str, Any] | None) -> Augment:
@@ -96,42 +104,24 @@ class Augment:
         return cls(hflip, rotation, crop_scale, color_jitter)
 
 
-def _rotation(image_size: int, degrees: float) -> list[v2.Transform]:
-    """Random rotation whose empty corners are filled by reflection rather than a flat colour:
-    reflect-pad enough to cover the rotated square, rotate, then crop the centre back."""
-    worst = math.radians(min(degrees, 45.0))
-    grow = math.cos(worst) + math.sin(worst)
-    pad = math.ceil(image_size * (grow - 1) / 2) + 1
-    return [
-        v2.Pad(pad, padding_mode="reflect"),
-        v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR),
-        v2.CenterCrop(image_size),
-    ]
-
-
 def _to_model_range() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
 
 
-def build_train_transform(image_size: int, augment: Augment) -> v2.Compose:
-    """RandomResizedCrop (or Resize), flip, rotation, colour jitter, then scale to [-1, 1]."""
-    steps: list[v2.Transform] = []
-    if augment.crop_scale is not None:
-        steps.append(
-            v2.RandomResizedCrop(
-                image_size, scale=augment.crop_scale, ratio=(1.0, 1.0), antialias=True
-            )
-        )
-    else:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    if augment.hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(p=augment.hflip))
-    if augment.rotation > 0:
-        steps.extend(_rotation(image_size, augment.rotation))
-    if augment.color_jitter is not None:
-        brightness, contrast, saturation, hue = augment.color_jitter
-        steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
-    return v2.Compose(steps + _to_model_range())
+def build_train_transform(image_size: int, augment: Augment) -> v2.Transform:
+    """Per training image: nothing when the batch is augmented (``build_train_collate``), the
+    evaluation transform when every augmentation is off."""
+    return v2.Identity() if augment.active else build_eval_transform(image_size)
+
+
+def build_train_collate(image_size: int, augment: Augment) -> TrainCollate | None:
+    """The training loader's collate (crop, flip, rotation and colour jitter per image of the
+    batch); None, i.e. the default collate, when every augmentation is off."""
+    if not augment.active:
+        return None
+    return TrainCollate(
+        image_size, augment.crop_scale, augment.hflip, augment.rotation, augment.color_jitter
+    )
 
 
 def build_eval_transform(image_size: int) -> v2.Compose:
