@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from facediff.data.batch_augment import TrainCollate, affine_params, resample
+from facediff.data.transforms import build_eval_transform
 
 
 @pytest.fixture
@@ -51,9 +52,18 @@ def test_crop_reads_the_region_it_names() -> None:
 
 def test_large_shrink_is_antialiased() -> None:
     checker = (torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2
-    image = checker.float().expand(1, 3, 64, 64)
-    out = resample(image, _theta(), 16)
-    assert out.std() < 0.05 and abs(out.mean().item() - 0.5) < 0.05
+    image = (checker * 255).to(torch.uint8).expand(3, 64, 64)
+    out = TrainCollate(16, (0.8, 1.0), 0.5, 10.0, None)([(image, torch.tensor(0))])[0]
+    assert out.std() < 0.1 and out.mean().abs() < 0.05  # flat grey in [-1, 1], not a moire
+
+
+def test_flips_alone_give_the_evaluation_pixels() -> None:
+    image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
+    reference = build_eval_transform(16)(image)
+    collate = TrainCollate(16, None, 1.0, 0.0, None)
+    flipped = collate([(image, torch.tensor(0))])[0][0]
+    one_level = 2 / 255  # torchvision rounds its resize to uint8
+    torch.testing.assert_close(flipped, reference.flip(-1), atol=one_level, rtol=0)
 
 
 def test_affine_params_stay_within_their_ranges() -> None:

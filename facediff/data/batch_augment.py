@@ -11,7 +11,10 @@ workers return the cached uint8 images untouched and the collate augments the ba
 2. colour jitter (facediff.data.color_jitter);
 3. scaling to the model's range [-1, 1].
 
-One resampling instead of three (crop-resize, rotate, crop) also blurs less. Reflection fills the
+Before that, the batch is shrunk (antialiased, as torchvision's ``Resize``) to the size at which
+the smallest crop fills the output, so the resampling never shrinks by more than 1/sqrt(crop
+scale's low end) (1.12x for 0.8) and never aliases; without crops that size is the image size,
+so flips alone give exactly the evaluation transform's pixels, flipped. Reflection fills the
 corners a rotation uncovers, as the reflect-padded rotation it replaces did. Draws come from
 torch's global RNG: seeded per worker and epoch by the loader, so runs and resumes repeat.
 """
@@ -28,8 +31,6 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from facediff.data.color_jitter import BatchColorJitter
-
-MAX_SHRINK = 1.25  # largest shrink left to bilinear; beyond it, an antialiased resize first
 
 
 def affine_params(
@@ -65,9 +66,6 @@ def affine_params(
 
 def resample(images: Tensor, theta: Tensor, size: int) -> Tensor:
     """(B, C, L, L) float, (B, 2, 3) maps -> (B, C, size, size), bilinear, reflected borders."""
-    if images.shape[-1] > MAX_SHRINK * size:  # keep bilinear from aliasing a large shrink
-        target = math.ceil(MAX_SHRINK * size)
-        images = F.interpolate(images, size=(target, target), mode="bilinear", antialias=True)
     grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size, size], align_corners=False)
     return F.grid_sample(
         images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
@@ -88,11 +86,17 @@ class TrainCollate:
     ) -> None:
         self.image_size = image_size
         self.crop_scale, self.hflip, self.rotation = crop_scale, hflip, rotation
+        # Shrink to where the smallest crop fills the output; the resampling only enlarges or
+        # shrinks slightly from there.
+        smallest = 1.0 if crop_scale is None else math.sqrt(crop_scale[0])
+        self.work_size = math.ceil(image_size / smallest - 1e-6)
         self.jitter = None if color_jitter is None else BatchColorJitter(*color_jitter)
 
     def augment(self, images: Tensor) -> Tensor:
         """uint8 (B, 3, L, L) -> float32 (B, 3, S, S) in [-1, 1]."""
         x = images.float().div(255)
+        if x.shape[-1] > self.work_size:
+            x = F.interpolate(x, size=self.work_size, mode="bilinear", antialias=True)
         theta = affine_params(len(x), self.crop_scale, self.hflip, self.rotation, x.device)
         x = resample(x, theta, self.image_size).clamp(0, 1)
         x = x.mul(2).sub(1)
