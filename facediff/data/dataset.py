@@ -21,9 +21,10 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 class FaceDataset(Dataset):
     """Item ``i`` is row ``rows[i]`` of a shared table of images (or paths) and labels.
 
-    Returns ``(image, label)``: image float32 (3, S, S) in [-1, 1] from ``transform``, label an
-    int64 scalar tensor. Sharing one table between the train/val/test datasets avoids copying
-    the cached pixels per split.
+    Returns ``(image, label)``: the image as ``transform`` makes it (float32 (3, S, S) in [-1, 1]
+    for evaluation; the uint8 (3, L, L) pixels for training, whose batch the loader's collate
+    augments), the label an int64 scalar tensor. Sharing one table between the train/val/test
+    datasets avoids copying the cached pixels per split.
 
     With ``images`` (uint8, (N, 3, L, L)) nothing is decoded at training time. With ``paths``
     instead, each item is decoded in ``__getitem__`` (center-cropped square, resized to
