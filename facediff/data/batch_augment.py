@@ -99,8 +99,9 @@ class TrainCollate:
             x = F.interpolate(x, size=self.work_size, mode="bilinear", antialias=True)
         theta = affine_params(len(x), self.crop_scale, self.hflip, self.rotation, x.device)
         x = resample(x, theta, self.image_size).clamp(0, 1)
-        x = x.mul(2).sub(1)
-        return x if self.jitter is None else self.jitter(x)
+        if self.jitter is not None:
+            x = self.jitter(x)
+        return x.mul(2).sub(1)
 
     def __call__(self, samples: Sequence[Any]) -> tuple[Tensor, Tensor]:
         images, labels = default_collate(samples)

@@ -65,8 +65,8 @@ class BatchColorJitter:
     """Random brightness, contrast, saturation and hue for each image of a batch.
 
     Factors are drawn as torchvision draws them: brightness, contrast and saturation uniform in
-    [max(0, 1 - v), 1 + v], hue uniform in [-v, v] turns. Images are (B, 3, H, W) in [-1, 1],
-    the model's range, and come back in it.
+    [max(0, 1 - v), 1 + v], hue uniform in [-v, v] turns. Images are (B, 3, H, W) in [0, 1]
+    and come back in it.
     """
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float) -> None:
@@ -85,14 +85,13 @@ class BatchColorJitter:
     def __call__(self, images: Tensor) -> Tensor:
         n, device = images.shape[0], images.device
         hue = (torch.rand(n, device=device) * 2 - 1) * self.hue
-        x = adjust_colors(
-            images.add(1).div(2),
+        return adjust_colors(
+            images,
             self._factor(n, self.brightness, device),
             self._factor(n, self.contrast, device),
             self._factor(n, self.saturation, device),
             hue,
         )
-        return x.mul(2).sub(1)
 
     def __repr__(self) -> str:
         return (
