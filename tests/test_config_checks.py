@@ -45,7 +45,8 @@ def test_every_shipped_config_passes(compose_cfg, override):
         (["callbacks.eval_metrics.sampling.sampler=euler"],
          "callbacks.eval_metrics.sampling.sampler='euler': must be one of ['ddpm', 'ddim', "
          "'dpmpp']"),
-        (["diffusion.prediction=eps", "callbacks.eval_metrics=null"],
+        (["diffusion.prediction=eps", "callbacks.eval_metrics=null",
+          "callbacks.sample_grid.sampling.eta=0"],
          "callbacks.sample_grid.sampling.sampler='dpmpp'"),
         (["callbacks.eval_metrics.kid_subset_size=1"],
          "callbacks.eval_metrics.kid_subset_size=1: must be an integer >= 2"),
@@ -97,7 +98,7 @@ def test_every_problem_is_reported_at_once_and_good_combinations_pass(compose_cf
             "callbacks.eval_metrics.max_time_share=null",
             "optimized_metric=eval/class_consistency",
             "test=true",
-            "diffusion.prediction=eps",
+            "diffusion.prediction=eps",  # with the default sampling (dpmpp at eta 1) too
             "callbacks.sample_grid.sampling.sampler=ddpm",
             "callbacks.eval_metrics.sampling.sampler=ddim",
             "callbacks.eval_metrics.sampling.eta=1.0",

@@ -152,7 +152,8 @@ class OracleNet(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "sampler, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0)]
+    "sampler, eta",
+    [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0), ("dpmpp", 1.0), ("dpmpp", 0.5)],
 )
 @pytest.mark.parametrize(
     "diffusion",
@@ -248,6 +249,25 @@ def test_dpmpp_first_step_is_ddim_and_second_step_is_the_2m_formula():
     torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_dpmpp_sde_first_step_is_ddpm_and_eta_interpolates_the_noise():
+    s = NoiseSchedule(100)
+    x_t, x0, x0_prev, z = torch.randn(4, 2, 3, 4, 4).unbind(0)
+    ab_t, ab_s = s.alpha_bar[60], s.alpha_bar[40]
+    first, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, None, float("inf"), z, eta=1.0)
+    torch.testing.assert_close(first, ddpm_step(x_t, x0, ab_t, ab_s, z), atol=1e-5, rtol=1e-4)
+    # From pure noise (alpha_bar_T = 0) the SDE step is x0_hat's posterior sample, still finite.
+    start, h = dpmpp_2m_step(x_t, x0, torch.tensor(0.0), ab_s, None, float("inf"), z, eta=1.0)
+    assert h == float("inf") and torch.isfinite(start).all()
+    torch.testing.assert_close(start, ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * z)
+    # The 2M correction applies to the SDE as well: second order, zero noise, eta = 1.
+    h = 0.4
+    ode, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h, torch.zeros_like(z), eta=0.0)
+    sde, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h, torch.zeros_like(z), eta=1.0)
+    assert not torch.allclose(ode, sde)
+    with pytest.raises(ValueError, match="noise"):
+        dpmpp_2m_step(x_t, x0, ab_t, ab_s, None, float("inf"), None, eta=1.0)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
 def test_per_sample_generators_make_samples_independent_of_batching(sampler):
     s = NoiseSchedule(50)
@@ -270,6 +290,7 @@ def test_per_sample_generators_make_samples_independent_of_batching(sampler):
         ({"prediction": "eps"}, "dpmpp", 0.0, True),
         ({"prediction": "eps"}, "ddim", 0.0, True),
         ({"prediction": "eps"}, "ddim", 1.0, False),
+        ({"prediction": "eps"}, "dpmpp", 1.0, False),
         ({"prediction": "eps"}, "ddpm", 0.0, False),
         ({"prediction": "v"}, "dpmpp", 0.0, False),
         ({"prediction": "v"}, "ddim", 0.0, False),
@@ -283,7 +304,7 @@ def test_deterministic_samplers_refuse_an_eps_model_at_zero_snr(diffusion, sampl
     )
     assert (problem is not None) == refused
     if refused:
-        assert "sampler=ddpm" in problem and "diffusion.prediction=v" in problem
+        assert "eta=1.0" in problem and "diffusion.prediction=v" in problem
 
 
 def test_check_fits_refuses_before_sampling_what_cannot_work():

@@ -9,10 +9,14 @@ Each is one update from timestep t to an earlier s (s = -1 means "to x_0", alpha
 - DDIM (Song et al. 2021, eq. 12): x_s = sqrt(ab_s) x0_hat + sqrt(1-ab_s-sigma^2) eps_hat + sigma z,
   sigma = eta sqrt((1-ab_s)/(1-ab_t)) sqrt(1 - ab_t/ab_s); eta = 1 gives DDPM's variance.
 - DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), with alpha = sqrt(ab), sigma = sqrt(1-ab),
-  lambda = log(alpha / sigma), h = lambda_s - lambda_t:
-      x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
-      D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h  (D = x0_hat on the first step,
-  where the update is exactly DDIM's). The recommended guided sampler at 15-25 steps.
+  lambda = log(alpha / sigma), h = lambda_s - lambda_t, and its SDE form (Lu et al. 2022,
+  appendix; k-diffusion's dpmpp_2m_sde) with the same eta as DDIM:
+      x_s = (sigma_s / sigma_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1+eta) h}) D
+            + sigma_s sqrt(1 - e^{-2 eta h}) z,
+      D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h  (D = x0_hat on the first step).
+  eta = 0 is the ODE solver (its first step is DDIM's); at eta = 1 a first-order step is exactly
+  DDPM's posterior sample, and the fresh noise corrects the network's errors instead of carrying
+  them along: the default (conf/sampling/default.yaml), measured in docs/recipes.md.
 Classifier-free guidance (Ho & Salimans 2022) runs conditional and unconditional halves in one
 batch of 2B: out = uncond + w (cond - uncond), i.e. torch.lerp(uncond, cond, w); w = 1 is the
 plain conditional model (and skips the unconditional half), w = 0 the unconditional one.
@@ -53,19 +57,19 @@ def deterministic_start_problem(
     """Why (prediction, sampler) cannot work from a first step at alpha_bar_start, or None.
 
     An epsilon model's x0_hat = (x_t - sqrt(1-ab) eps_hat) / sqrt(ab) carries the network's error
-    times 1 / sqrt(SNR). Ancestral sampling (ddpm, ddim at eta > 0) washes that out with fresh
-    noise; ddim at eta 0 and dpmpp carry it to the end: measured on the demo, 0.72 class
+    times 1 / sqrt(SNR). Ancestral sampling (ddpm; ddim and dpmpp at eta > 0) washes that out with
+    fresh noise; ddim and dpmpp at eta 0 carry it to the end: measured on the demo, 0.72 class
     consistency against 0.96 for ddpm. v-prediction has no such problem.
     """
-    deterministic = sampler == "dpmpp" or (sampler == "ddim" and eta == 0)
+    deterministic = sampler in ("ddim", "dpmpp") and eta == 0
     start_snr = alpha_bar_start / max(1.0 - alpha_bar_start, 1e-12)
     if prediction == "eps" and deterministic and start_snr < MIN_DETERMINISTIC_START_SNR:
         return (
             f"sampler={sampler}"
-            + (" with eta=0" if sampler == "ddim" else "")
+            + " with eta=0"
             + f" cannot sample this epsilon-prediction model: its first step has SNR "
             f"{start_snr:.1e}, where the predicted image is amplified noise that a deterministic "
-            "sampler carries to the end. Use sampler=ddpm (or ddim with eta=1.0), or train with "
+            "sampler carries to the end. Use eta=1.0 (or sampler=ddpm), or train with "
             "diffusion.prediction=v (the default)."
         )
     return None
@@ -117,9 +121,17 @@ def ddim_step(
 
 
 def dpmpp_2m_step(
-    x_t: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, x0_prev: Tensor | None, h_prev: float
+    x_t: Tensor,
+    x0: Tensor,
+    ab_t: Tensor,
+    ab_s: Tensor,
+    x0_prev: Tensor | None,
+    h_prev: float,
+    noise: Tensor | None = None,
+    eta: float = 0.0,
 ) -> tuple[Tensor, float]:
-    """One DPM-Solver++(2M) step t -> s; returns x_s and this step's h (for the next step)."""
+    """One DPM-Solver++(2M) step t -> s, the ODE at eta = 0, the SDE at eta > 0 (then `noise`,
+    standard normal like x_t, is required); returns x_s and this step's h (for the next step)."""
     a_t, sig_t, a_s, sig_s = ab_t.sqrt(), (1 - ab_t).sqrt(), ab_s.sqrt(), (1 - ab_s).sqrt()
     exp_neg_h = a_t * sig_s / (sig_t * a_s)  # e^{-h}, finite even at SNR 0 (a_t = 0)
     h = float(-torch.log(exp_neg_h)) if a_t > 0 else float("inf")
@@ -127,7 +139,12 @@ def dpmpp_2m_step(
     if x0_prev is not None and 0 < h < float("inf") and h_prev < float("inf"):
         r = h_prev / h
         D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
-    return sig_s / sig_t * x_t - a_s * (exp_neg_h - 1) * D, h
+    x_s = sig_s / sig_t * exp_neg_h**eta * x_t + a_s * (1 - exp_neg_h ** (1 + eta)) * D
+    if eta > 0:
+        if noise is None:
+            raise ValueError("dpmpp with eta > 0 needs noise.")
+        x_s = x_s + sig_s * (1 - exp_neg_h ** (2 * eta)).sqrt() * noise
+    return x_s, h
 
 
 def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
@@ -157,7 +174,7 @@ def sample(
 
     y: (B,) class ids or (B, K) class weights. `settings`: sampler, steps, guidance and eta
     (its seed is the caller's business: the noise comes from `generator`, a CPU generator or
-    one per sample, for the per-step noise of DDPM and DDIM with eta > 0).
+    one per sample, for the per-step noise of DDPM, and of DDIM and DPM-Solver++ with eta > 0).
     `on_step(t, x_t, x0_hat)` sees every step (for figures).
     """
     null_id = net.num_classes
@@ -178,13 +195,14 @@ def sample(
         if s < 0:
             x = x0
             break
-        if settings.sampler == "dpmpp":
-            x, h_prev = dpmpp_2m_step(x, x0, ab_t, ab_s, x0_prev, h_prev)
-            x0_prev = x0
-        elif settings.sampler == "ddpm":
+        eta = settings.eta
+        if settings.sampler == "ddpm":
             x = ddpm_step(x, x0, ab_t, ab_s, randn(x.shape, generator, x.device))
+            continue
+        noise = randn(x.shape, generator, x.device) if eta > 0 else torch.zeros_like(x)
+        if settings.sampler == "dpmpp":
+            x, h_prev = dpmpp_2m_step(x, x0, ab_t, ab_s, x0_prev, h_prev, noise, eta)
+            x0_prev = x0
         else:
-            eta = settings.eta
-            noise = randn(x.shape, generator, x.device) if eta > 0 else torch.zeros_like(x)
             x = ddim_step(x0, eps, ab_t, ab_s, noise, eta)
     return x.clamp(-1, 1)

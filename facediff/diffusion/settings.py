@@ -25,7 +25,8 @@ class SamplingSettings:
     """sampler: "ddpm" (ancestral) | "ddim" | "dpmpp" (DPM-Solver++ 2M);
     steps: number of denoising steps, 1..T (T is checked by `check_steps` where it is known);
     guidance: classifier-free guidance w, uncond + w (cond - uncond); 1 = none;
-    eta: DDIM only, 0 deterministic .. 1 as noisy as DDPM;
+    eta: DDIM and DPM-Solver++ (ddpm ignores it): 0 deterministic (the ODE) .. 1 as noisy as
+        DDPM (DPM-Solver++'s SDE form);
     seed: the noise seed (sample i draws from (seed, i))."""
 
     sampler: str
