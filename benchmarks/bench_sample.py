@@ -37,6 +37,7 @@ def run_sampling(
 ) -> dict[str, dict[str, Any]]:
     """{"model/sampler": result}, all cases interleaved."""
     samplers = dict(samplers or USUAL_STEPS)
+    eta = SamplingSettings.defaults().eta  # the default's noise (ddim, dpmpp); ddpm ignores it
     schedule, objective = build_diffusion({"num_steps": 500, "prediction": "v"})
     schedule = schedule.to(device)
     cases, meta, errors = {}, {}, {}
@@ -54,13 +55,13 @@ def run_sampling(
 
             def run(net=net, y=y, x_T=x_T, sampler=sampler, steps=steps) -> None:
                 with torch.inference_mode(), autocast(device, precision):
-                    settings = SamplingSettings(sampler, steps, guidance, eta=0.0, seed=0)
+                    settings = SamplingSettings(sampler, steps, guidance, eta=eta, seed=0)
                     sample(net, schedule, objective, y, x_T, settings)
 
             key = f"{name}/{sampler}"
             cases[key] = run
             meta[key] = {"model": name, "sampler": sampler, "size": s, "usual_steps": usual}
-            meta[key]["measured_steps"] = steps
+            meta[key].update(measured_steps=steps, eta=eta)
     times = interleave(cases, reps, warmup, device)
     out: dict[str, dict[str, Any]] = {}
     for key, secs in times.items():
