@@ -72,7 +72,7 @@ def test_report_and_figures_are_written(evaluated):
     report = (out / "report.md").read_text()
     assert "not Inception-v3" in report and "## Per group" in report and "## Sweeps" in report
     assert [(p["sampler"], p["steps"], p["guidance"]) for p in result["sweep"]] == [
-        ("ddim", 2, 3.0), ("dpmpp", 3, 1.0), ("dpmpp", 3, 2.0)
+        ("ddim", 2, 1.0), ("dpmpp", 3, 1.0), ("dpmpp", 3, 2.0)
     ]  # fmt: skip
 
 
