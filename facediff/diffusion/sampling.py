@@ -195,12 +195,12 @@ def sample(
         if s < 0:
             x = x0
             break
-        eta = settings.eta
-        if settings.sampler == "ddpm":
-            x = ddpm_step(x, x0, ab_t, ab_s, randn(x.shape, generator, x.device))
-            continue
-        noise = randn(x.shape, generator, x.device) if eta > 0 else torch.zeros_like(x)
-        if settings.sampler == "dpmpp":
+        sampler, eta = settings.sampler, settings.eta
+        stochastic = sampler == "ddpm" or eta > 0
+        noise = randn(x.shape, generator, x.device) if stochastic else torch.zeros_like(x)
+        if sampler == "ddpm":
+            x = ddpm_step(x, x0, ab_t, ab_s, noise)
+        elif sampler == "dpmpp":
             x, h_prev = dpmpp_2m_step(x, x0, ab_t, ab_s, x0_prev, h_prev, noise, eta)
             x0_prev = x0
         else:
