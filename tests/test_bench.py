@@ -51,3 +51,12 @@ def test_bench_tiny_run_writes_complete_json(tmp_path: Path) -> None:
         assert r["usual_steps"] == usual[r["sampler"]] and r["extrapolated"]
         assert r["img_per_s"]["median"] > 0
     assert result["train"].keys() == saved["train"].keys()
+
+
+def test_attention_levels_times_every_layout(capsys):
+    from benchmarks import attention_levels
+
+    results = attention_levels.main(["--batch", "2", "--reps", "1", "--warmup", "0"])
+    assert set(results) == set(attention_levels.LAYOUTS)
+    assert all(r["median"] > 0 for r in results.values())
+    assert "steps/s" in capsys.readouterr().out
