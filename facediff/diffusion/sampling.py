@@ -113,11 +113,16 @@ def ddpm_step(x_t: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor
 
 
 def ddim_step(
-    x0: Tensor, eps: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor, eta: float
+    x0: Tensor, eps: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor | None, eta: float
 ) -> Tensor:
-    """One DDIM step t -> s. Scalars ab_t, ab_s; eta = 0 is deterministic."""
+    """One DDIM step t -> s. Scalars ab_t, ab_s; eta = 0 is deterministic (`noise` may be None)."""
     sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()
-    return ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+    x_s = ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0:
+        if noise is None:
+            raise ValueError("ddim with eta > 0 needs noise.")
+        x_s = x_s + sigma * noise
+    return x_s
 
 
 def dpmpp_2m_step(
@@ -197,7 +202,7 @@ def sample(
             break
         sampler, eta = settings.sampler, settings.eta
         stochastic = sampler == "ddpm" or eta > 0
-        noise = randn(x.shape, generator, x.device) if stochastic else torch.zeros_like(x)
+        noise = randn(x.shape, generator, x.device) if stochastic else None
         if sampler == "ddpm":
             x = ddpm_step(x, x0, ab_t, ab_s, noise)
         elif sampler == "dpmpp":
