@@ -249,7 +249,7 @@ def test_dpmpp_first_step_is_ddim_and_second_step_is_the_2m_formula():
     torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_dpmpp_sde_first_step_is_ddpm_and_eta_interpolates_the_noise():
+def test_dpmpp_sde_first_step_is_ddpm_and_second_step_is_the_2m_sde_formula():
     s = NoiseSchedule(100)
     x_t, x0, x0_prev, z = torch.randn(4, 2, 3, 4, 4).unbind(0)
     ab_t, ab_s = s.alpha_bar[60], s.alpha_bar[40]
@@ -259,11 +259,15 @@ def test_dpmpp_sde_first_step_is_ddpm_and_eta_interpolates_the_noise():
     start, h = dpmpp_2m_step(x_t, x0, torch.tensor(0.0), ab_s, None, float("inf"), z, eta=1.0)
     assert h == float("inf") and torch.isfinite(start).all()
     torch.testing.assert_close(start, ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * z)
-    # The 2M correction applies to the SDE as well: second order, zero noise, eta = 1.
-    h = 0.4
-    ode, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h, torch.zeros_like(z), eta=0.0)
-    sde, _ = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h, torch.zeros_like(z), eta=1.0)
-    assert not torch.allclose(ode, sde)
+    # Second order at eta = 1: the 2M combination D in k-diffusion's dpmpp_2m_sde update.
+    h_prev = 0.4
+    second, h = dpmpp_2m_step(x_t, x0, ab_t, ab_s, x0_prev, h_prev, z, eta=1.0)
+    r, e = h_prev / h, torch.exp(torch.tensor(-h))
+    D = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
+    sig_t, sig_s = (1 - ab_t).sqrt(), (1 - ab_s).sqrt()
+    noise = sig_s * (1 - e**2).sqrt() * z
+    expected = sig_s / sig_t * e * x_t + ab_s.sqrt() * (1 - e**2) * D + noise
+    torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="noise"):
         dpmpp_2m_step(x_t, x0, ab_t, ab_s, None, float("inf"), None, eta=1.0)
 

@@ -65,12 +65,10 @@ def deterministic_start_problem(
     start_snr = alpha_bar_start / max(1.0 - alpha_bar_start, 1e-12)
     if prediction == "eps" and deterministic and start_snr < MIN_DETERMINISTIC_START_SNR:
         return (
-            f"sampler={sampler}"
-            + " with eta=0"
-            + f" cannot sample this epsilon-prediction model: its first step has SNR "
-            f"{start_snr:.1e}, where the predicted image is amplified noise that a deterministic "
-            "sampler carries to the end. Use eta=1.0 (or sampler=ddpm), or train with "
-            "diffusion.prediction=v (the default)."
+            f"sampler={sampler} with eta=0 cannot sample this epsilon-prediction model: its "
+            f"first step has SNR {start_snr:.1e}, where the predicted image is amplified noise "
+            "that a deterministic sampler carries to the end. Use eta=1.0 (or sampler=ddpm), or "
+            "train with diffusion.prediction=v (the default)."
         )
     return None
 
