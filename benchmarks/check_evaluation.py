@@ -4,8 +4,8 @@
 
 Class consistency and real accuracy from the saved logits (argmax), FID from the saved features
 (Frechet distance, with the matrix square root's trace from eigenvalues instead of torchmetrics'
-route), and the memorised share from the saved nearest-neighbour distances; each is printed next
-to metrics.json's value.
+route), the memorised share from the saved nearest-neighbour distances and the copied share from
+the saved pixel-space copy ratios; each is printed next to metrics.json's value.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main(out: Path) -> None:
         "fid": frechet(s["real_features"], s["features"]),
         "memorised_share": float((s["nn_distances"] < saved["memorisation_threshold"]).mean()),
     }
+    if "copy_ratios" in s:  # evaluations since the copy test
+        ours["copied_share"] = float((s["copy_ratios"] < saved["copy_max_ratio"]).mean())
     for key, value in ours.items():
         print(f"{key:18s} metrics.json {saved[key]:.6f}   recomputed {value:.6f}")
 

@@ -1,5 +1,6 @@
 """The networks the benchmark compares: facediff's model configs (conf/model/*.yaml, composed as
-train.py composes them) and diffusers' UNet2DModel laid out like `unet_attn`.
+train.py composes them), the networks of the recipes (conf/experiment/*.yaml: `utkface_cpu`,
+`demo`) and diffusers' UNet2DModel laid out like `unet_attn`.
 
 diffusers is optional (the `bench` extra in pyproject.toml); without it the peer is skipped with
 a note. Every network is wrapped to facediff's interface `net(x, t, y)`.
@@ -16,9 +17,11 @@ from torch import Tensor, nn
 
 CONF = Path(__file__).parents[1] / "conf"
 FACEDIFF_MODELS = ("original", "unet_attn", "unet", "unet_tiny")
+RECIPE_MODELS = ("utkface_cpu", "demo")  # an experiment's network, as `experiment=<name>` sets it
 PEER = "diffusers_unet2d"
-ALL_MODELS = (*FACEDIFF_MODELS, PEER)
-NATIVE_SIZE = {"unet_tiny": 32}  # the largest size a config is laid out for, where it has one
+ALL_MODELS = (*FACEDIFF_MODELS, *RECIPE_MODELS, PEER)
+# the largest size a config is laid out for, where it has one
+NATIVE_SIZE = {"unet_tiny": 32, "utkface_cpu": 32, "demo": 32}
 
 
 def have_diffusers() -> bool:
@@ -64,12 +67,14 @@ class DiffusersUNet(nn.Module):
 
 
 def facediff_model_config(name: str) -> dict[str, Any]:
-    """conf/model/<name>.yaml composed through Hydra, as a plain dict (`name`: a registry key)."""
+    """conf/model/<name>.yaml, or the network of conf/experiment/<name>.yaml for a recipe,
+    composed through Hydra as train.py composes it, as a plain dict."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    override = f"experiment={name}" if name in RECIPE_MODELS else f"model={name}"
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}"])
+        cfg = compose("train", overrides=[override])
     return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
 
 
@@ -80,7 +85,7 @@ def build_model(name: str, image_size: int, num_classes: int = 3) -> nn.Module:
         if not have_diffusers():
             raise ModuleNotFoundError("diffusers is not installed (pip install -e .[bench])")
         return DiffusersUNet(image_size, num_classes).train()
-    if name not in FACEDIFF_MODELS:
+    if name not in (*FACEDIFF_MODELS, *RECIPE_MODELS):
         raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
     from facediff.models.registry import build_model as build_registered
 

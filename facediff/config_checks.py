@@ -321,6 +321,8 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     c.integer("kid.subset_size", 2)
     c.number("memorisation.quantile", 0.0, 1.0, low_open=True, high_open=True)
     c.number("memorisation.threshold", 0.0, null=True)
+    c.number("memorisation.copy_ratio", 0.0, 1.0, low_open=True)
+    c.integer("memorisation.copy_size", 4)
     c.integer("memorisation.n_pairs", 0)
     c.integer("sweep.n_per_class", 2)
     c.raise_if_any()

@@ -56,7 +56,35 @@ def test_bench_tiny_run_writes_complete_json(tmp_path: Path) -> None:
 def test_attention_levels_times_every_layout(capsys):
     from benchmarks import attention_levels
 
-    results = attention_levels.main(["--batch", "2", "--reps", "1", "--warmup", "0"])
+    results = attention_levels.main(
+        ["--batch", "2", "--reps", "1", "--warmup", "0", "--channels-last"]
+    )
     assert set(results) == set(attention_levels.LAYOUTS)
     assert all(r["median"] > 0 for r in results.values())
-    assert "steps/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "steps/s" in printed and "channels_last" in printed
+
+
+def test_recipe_networks_are_built_as_their_experiments_set_them():
+    from benchmarks.models import build_model, facediff_model_config, model_size, num_parameters
+
+    cfg = facediff_model_config("utkface_cpu")  # conf/experiment/utkface_cpu.yaml's network
+    assert cfg["base_channels"] == 32 and cfg["attn_resolutions"] == [8]
+    assert model_size("utkface_cpu", 64) == 32
+    assert 2.0e6 < num_parameters(build_model("utkface_cpu", 32)) < 3.0e6  # the 2.4M recipe UNet
+
+
+def test_copy_test_benchmark_catches_exact_and_mirrored_copies(tmp_path: Path, capsys):
+    import torch
+    from PIL import Image
+
+    from benchmarks import copy_test
+
+    gen = torch.Generator().manual_seed(0)
+    for i in range(12):  # asymmetric random images, so a mirror image is not the image
+        pixels = (torch.rand(16, 16, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"{i:02d}.png")
+    results = copy_test.main([str(tmp_path), "--size", "16", "--n-train", "9", "--n-queries", "3"])
+    assert results["exact copy"]["caught"] == 1.0 and results["mirrored copy"]["caught"] == 1.0
+    assert results["real face, not in training"]["caught"] == 0.0
+    assert "median ratio" in capsys.readouterr().out

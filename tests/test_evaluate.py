@@ -49,13 +49,16 @@ def test_metrics_json_holds_every_documented_key(evaluated):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
     for key in ("class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std",
-                "feature_extractor", "diversity", "memorised_share"):  # fmt: skip
+                "feature_extractor", "diversity", "memorised_share", "copied_share",
+                "copied_share_floor", "copy_max_ratio"):  # fmt: skip
         assert key in saved
     assert saved["feature_extractor"].startswith("facediff-classifier:")
     assert set(saved["per_class"]) == set(CLASSES)
     for per in saved["per_class"].values():
-        assert {"class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std"} <= set(per)
+        assert {"class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std",
+                "copied_share", "copied_share_floor"} <= set(per)  # fmt: skip
         assert per["n_generated"] == 4
+        assert 0 <= per["copied_share"] <= 1
     assert saved["n_generated"] == 12 and 0 <= saved["class_consistency"] <= 1
 
 
@@ -157,3 +160,15 @@ def test_logger_wandb_gets_the_numbers_and_figures(
             keys |= {i.key or "/".join(i.nested_key) for i in record.history.item}
     assert {"eval/class_consistency", "eval/fid", "eval/hat/class_consistency"} <= keys, keys
     assert list(run_dir.rglob("media/images/eval/per_class_*.png"))
+
+
+def test_check_evaluation_recomputes_the_headline_numbers(evaluated, capsys):
+    from benchmarks import check_evaluation
+
+    out, result = evaluated
+    check_evaluation.main(out)
+    printed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    for key in ("class_consistency", "real_accuracy", "memorised_share", "copied_share"):
+        _, _, saved, _, recomputed = printed[key]
+        assert float(saved) == pytest.approx(result[key], abs=1e-6)
+        assert float(recomputed) == pytest.approx(result[key], abs=1e-6)

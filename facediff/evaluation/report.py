@@ -28,6 +28,8 @@ PER_CLASS_COLUMNS = (
     ("real_diversity", "real div."),
     ("memorised_share", "memorised"),
     ("memorised_share_floor", "memorised floor"),
+    ("copied_share", "copies"),
+    ("copied_share_floor", "copies floor"),
     ("n_generated", "n gen."),
     ("n_real", "n real"),
 )
@@ -50,11 +52,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def closest_pairs(
-    images: Tensor, distances: Tensor, indices: Tensor, train_image: Callable[[int], Tensor], n: int
+    images: Tensor, distances: Tensor, nearest_image: Callable[[int], Tensor], n: int
 ) -> list[tuple[Tensor, Tensor, float]]:
-    """The `n` samples nearest to a training image: (sample, its nearest training image, dist)."""
+    """The `n` samples with the smallest `distances` (or copy ratios) to a training image:
+    (sample, `nearest_image(its position)`, the value)."""
     order = distances.argsort()[:n].tolist()
-    return [(images[i], train_image(int(indices[i])), float(distances[i])) for i in order]
+    return [(images[i], nearest_image(i), float(distances[i])) for i in order]
 
 
 def per_class_plot(result: dict, path: Path) -> None:
@@ -161,6 +164,15 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         ),
         ("memorised share of real held-out faces (floor)", result.get("memorised_share_floor")),
         ("memorisation threshold", result["memorisation_threshold"]),
+        (
+            f"copies: pixel-space ratio < {fmt(result.get('copy_max_ratio'))} "
+            "(share, count, 95% interval)",
+            f"{fmt(result.get('copied_share'))} ({result.get('copied_count', 'n/a')}, "
+            + " to ".join(fmt(v) for v in result.get("copied_ci95", [None, None]))
+            + ")",
+        ),
+        ("copies among real held-out faces (floor)", result.get("copied_share_floor")),
+        ("smallest copy ratio of a sample", result.get("copy_ratio_min")),
         ("seconds per image", result["seconds_per_image"]),
     ]
     per_class = [
@@ -184,14 +196,20 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real test images' distances to the training set); memorised "
-        "floor: the same share for real validation faces, which the model never trained on.\n",
+        "floor: the same share for real validation faces, which the model never trained on. "
+        "Copies: share of samples whose nearest training image, pixel by pixel, is under "
+        "the ratio above times as far as the second nearest (a copy of one image, not a "
+        "look-alike); copies floor: the same for real validation faces (the data's own "
+        "near-duplicates).\n",
         markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
         "\n![per group](per_class.png)\n\n![samples](samples.png)\n",
     ]
     if pairs:
         parts.append(
-            "## Memorisation audit\n\nThe samples closest to a training image (top row) and that "
-            f"image (bottom row); distances {', '.join(f'{p[2]:.3f}' for p in pairs)}.\n\n"
+            "## Memorisation audit\n\nThe samples nearest to being copies (top row) and their "
+            "nearest training image in pixel space (bottom row), by the copy ratio (nearest / "
+            f"second-nearest distance; under {fmt(result.get('copy_max_ratio'))} is a copy): "
+            f"{', '.join(f'{p[2]:.3f}' for p in pairs)}.\n\n"
             "![closest pairs](closest_pairs.png)\n"
         )
     if result.get("sweep"):

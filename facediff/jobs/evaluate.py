@@ -36,7 +36,7 @@ from facediff.evaluation.features import (
     inception_space,
 )
 from facediff.inference.generator import Generator, resolve_device
-from facediff.jobs.scoring import Scorer, real_features
+from facediff.jobs.scoring import Scorer, real_features, real_pixels
 from facediff.lightning.loggers import build_logger, finish_loggers
 from facediff.untrusted import UnsafeValueError
 
@@ -126,7 +126,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             real["test_features"], real["train_features"], cfg.memorisation.quantile
         )
     score = Scorer(gen, clf, space, real, float(threshold), cfg.kid.subsets, cfg.kid.subset_size,
-                   cfg.batch_size)  # fmt: skip
+                   cfg.batch_size, pixels=real_pixels(dm, cfg.memorisation.copy_size),
+                   copy_max_ratio=float(cfg.memorisation.copy_ratio),
+                   copy_size=cfg.memorisation.copy_size)  # fmt: skip
 
     def record(s: SamplingSettings) -> dict[str, Any]:  # as metrics.json lists settings
         return {**s.to_dict(), "batch_size": cfg.batch_size}
@@ -172,16 +174,20 @@ def write_outputs(
 ) -> Callable[[dict[str, Any]], dict[str, Path]]:
     """Write samples.pt; returns `write(result)`, which (re)writes metrics.json, report.md and
     the figures of `result` and returns the figures' paths."""
-    keep = ("labels", "logits", "features", "nn_distances", "nn_indices")
+    keep = ("labels", "logits", "features", "nn_distances", "nn_indices", "copy_ratios",
+            "copy_indices", "copy_mirrored")  # fmt: skip
     real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
     torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
     train_set = dm.eval_dataset("train")
+    index, mirrored = fake["copy_indices"], fake["copy_mirrored"]
+
+    def nearest_train_image(i: int) -> torch.Tensor:  # as matched: mirrored if that was nearer
+        image = train_set[int(index[i])][0].add(1).div(2)
+        return image.flip(-1) if bool(mirrored[i]) else image
+
+    # the samples nearest to being copies, by the pixel test, beside their training image
     pairs = report.closest_pairs(
-        fake["images"],
-        fake["nn_distances"],
-        fake["nn_indices"],
-        lambda i: train_set[i][0].add(1).div(2),
-        cfg.memorisation.n_pairs,
+        fake["images"], fake["copy_ratios"], nearest_train_image, cfg.memorisation.n_pairs
     )
 
     def write(result: dict[str, Any]) -> dict[str, Path]:

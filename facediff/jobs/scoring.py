@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from facediff.diffusion.settings import SamplingSettings
-from facediff.evaluation import metrics
+from facediff.evaluation import copies, metrics
 from facediff.evaluation.classifier import FaceClassifier, cache_key
 from facediff.evaluation.features import FeatureSpace, cached, embed
 from facediff.evaluation.images import iter_images
@@ -61,6 +61,23 @@ def real_features(
     return cached(cache_dir / "features" / f"real-{key}.pt", key, compute)
 
 
+def real_pixels(dm: Any, size: int) -> dict[str, Tensor]:
+    """Pixel vectors (copies.pixel_vectors at `size`) of the real training split, as is and
+    mirrored, and of the validation split with its labels: the copy test's references and its
+    floor."""
+    train, mirrored = [], []
+    for images, _ in iter_images(dm.eval_dataset("train")):  # one batch of full images at a time
+        train.append(copies.pixel_vectors(images, size))
+        mirrored.append(copies.pixel_vectors(images.flip(-1), size))
+    val = list(iter_images(dm.eval_dataset("val")))
+    return {
+        "train": torch.cat(train),
+        "train_mirrored": torch.cat(mirrored),
+        "val": copies.stack_pixel_vectors((x for x, _ in val), size),
+        "val_labels": torch.cat([y for _, y in val]),
+    }
+
+
 def generate(
     gen: Generator,
     clf: FaceClassifier,
@@ -87,8 +104,9 @@ def generate(
 @dataclass
 class Scorer:
     """Everything that stays fixed while sampling settings vary: the model, the judges, the real
-    features and the memorisation threshold. `scorer(n_per_class, settings)` draws samples and
-    returns (their metrics, the samples with their embeddings)."""
+    features, the memorisation threshold and the copy test's real pixels (`real_pixels`).
+    `scorer(n_per_class, settings)` draws samples and returns (their metrics, the samples with
+    their embeddings)."""
 
     gen: Generator
     clf: FaceClassifier
@@ -98,11 +116,18 @@ class Scorer:
     kid_subsets: int
     kid_subset_size: int
     batch_size: int
+    pixels: dict[str, Tensor]
+    copy_max_ratio: float
+    copy_size: int
 
     def __post_init__(self) -> None:
         # Real validation faces' distances to the training set: the memorisation floor.
         self.floor_nn_distances, _ = metrics.nearest(
             self.real["val_features"], self.real["train_features"]
+        )
+        # ... and their copy ratios: the data set's own near-duplicates across splits.
+        self.floor_copy_ratios, _, _ = copies.copy_ratios(
+            self.pixels["val"], self.pixels["train"], self.pixels["train_mirrored"]
         )
 
     def __call__(
@@ -129,6 +154,22 @@ class Scorer:
             floor_labels=self.real["val_labels"],
             floor_nn_distances=self.floor_nn_distances,
         )
+        fake["copy_ratios"], fake["copy_indices"], fake["copy_mirrored"] = copies.copy_ratios(
+            copies.pixel_vectors(fake["images"], self.copy_size),
+            self.pixels["train"],
+            self.pixels["train_mirrored"],
+        )
+        copy = copies.copy_metrics(
+            fake["copy_ratios"],
+            fake["labels"],
+            self.gen.class_names,
+            self.copy_max_ratio,
+            floor_ratios=self.floor_copy_ratios,
+            floor_labels=self.pixels["val_labels"],
+        )
+        for name, per in copy.pop("per_class").items():
+            result["per_class"][name].update(per)
+        result.update(copy)
         result["seconds_per_image"] = fake["seconds_per_image"]
         log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",
                  result["class_consistency"], result["fid"], result.get("fid_floor") or 0.0,
