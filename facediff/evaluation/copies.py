@@ -40,9 +40,9 @@ def pixel_vectors(images: Tensor, size: int = 32) -> Tensor:
     return images.float().flatten(1)
 
 
-def stack_pixel_vectors(batches: Iterable[Tensor], size: int = 32, mirror: bool = False) -> Tensor:
-    """`pixel_vectors` of image batches (flipped left-right first if `mirror`): (N, D)."""
-    return torch.cat([pixel_vectors(x.flip(-1) if mirror else x, size) for x in batches])
+def stack_pixel_vectors(batches: Iterable[Tensor], size: int = 32) -> Tensor:
+    """`pixel_vectors` of image batches, concatenated: (N, D)."""
+    return torch.cat([pixel_vectors(images, size) for images in batches])
 
 
 def copy_ratios(
