@@ -12,6 +12,27 @@ from PIL import Image
 REAL_UTKFACE = Path(__file__).parents[2] / "shared/data/utkface"
 
 ImageWriter = Callable[..., Path]
+DEMO_CLASSES = ("glasses", "hat", "beard")
+
+
+@pytest.fixture(scope="session")
+def demo_faces() -> Callable[[int, int], tuple[object, object]]:
+    """`demo_faces(size, per_class)`: demo faces of every class as (N, 3, size, size) floats in
+    [0, 1] and their labels (N,), in class order."""
+    import torch
+
+    from facediff.data.demo import draw_demo_face
+
+    def draw(size: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for c, name in enumerate(DEMO_CLASSES):
+            for i in range(per_class):
+                pixels = np.asarray(draw_demo_face(name, i, size=size, seed=0), dtype=np.float32)
+                images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
+                labels.append(c)
+        return torch.stack(images), torch.tensor(labels)
+
+    return draw
 
 
 def _write_image(path: Path, seed: int, size: int | tuple[int, int] = 24) -> Path:

@@ -1,25 +1,17 @@
 """The pixel-space copy test: planted copies are caught, fresh faces and look-alikes are not."""
 
-import numpy as np
 import pytest
 import torch
 
-from facediff.data.demo import draw_demo_face
 from facediff.evaluation import copies
 
 CLASSES = ["glasses", "hat", "beard"]
 
 
 @pytest.fixture(scope="module")
-def faces() -> tuple[torch.Tensor, torch.Tensor]:
+def faces(demo_faces) -> tuple[torch.Tensor, torch.Tensor]:
     """20 demo faces per class at 32x32, in [0, 1], with their labels."""
-    images, labels = [], []
-    for c, name in enumerate(CLASSES):
-        for i in range(20):
-            pixels = np.asarray(draw_demo_face(name, i, size=32, seed=0), dtype=np.float32)
-            images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
-            labels.append(c)
-    return torch.stack(images), torch.tensor(labels)
+    return demo_faces(32, 20)
 
 
 def test_pixel_vectors_shrink_large_images_and_keep_small_ones():

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from facediff.data.demo import draw_demo_face
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, predict
 from facediff.evaluation.features import classifier_space, embed
@@ -13,15 +12,9 @@ CLASSES = ["glasses", "hat", "beard"]
 
 
 @pytest.fixture(scope="module")
-def faces() -> tuple[torch.Tensor, torch.Tensor]:
+def faces(demo_faces) -> tuple[torch.Tensor, torch.Tensor]:
     """24 demo faces per class at 16x16, in [0, 1], with their labels."""
-    images, labels = [], []
-    for c, name in enumerate(CLASSES):
-        for i in range(24):
-            pixels = np.asarray(draw_demo_face(name, i, size=16, seed=0), dtype=np.float32)
-            images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 255)
-            labels.append(c)
-    return torch.stack(images), torch.tensor(labels)
+    return demo_faces(16, 24)
 
 
 @pytest.fixture(scope="module")
