@@ -18,7 +18,7 @@ counts the data set's own near-duplicates across splits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,11 +38,6 @@ def pixel_vectors(images: Tensor, size: int = 32) -> Tensor:
     if images.shape[-1] > size:
         images = F.interpolate(images.float(), size=(size, size), mode="area")
     return images.float().flatten(1)
-
-
-def stack_pixel_vectors(batches: Iterable[Tensor], size: int = 32) -> Tensor:
-    """`pixel_vectors` of image batches, concatenated: (N, D)."""
-    return torch.cat([pixel_vectors(images, size) for images in batches])
 
 
 def copy_ratios(

@@ -64,18 +64,15 @@ def real_features(
 def real_pixels(dm: Any, size: int) -> dict[str, Tensor]:
     """Pixel vectors (copies.pixel_vectors at `size`) of the real training split, as is and
     mirrored, and of the validation split with its labels: the copy test's references and its
-    floor."""
-    train, mirrored = [], []
-    for images, _ in iter_images(dm.eval_dataset("train")):  # one batch of full images at a time
-        train.append(copies.pixel_vectors(images, size))
-        mirrored.append(copies.pixel_vectors(images.flip(-1), size))
-    val = list(iter_images(dm.eval_dataset("val")))
-    return {
-        "train": torch.cat(train),
-        "train_mirrored": torch.cat(mirrored),
-        "val": copies.stack_pixel_vectors((x for x, _ in val), size),
-        "val_labels": torch.cat([y for _, y in val]),
-    }
+    floor. Read a batch at a time, so full-size images of a large split are never all held."""
+    out: dict[str, list[Tensor]] = {"train": [], "train_mirrored": [], "val": [], "val_labels": []}
+    for images, _ in iter_images(dm.eval_dataset("train")):
+        out["train"].append(copies.pixel_vectors(images, size))
+        out["train_mirrored"].append(copies.pixel_vectors(images.flip(-1), size))
+    for images, labels in iter_images(dm.eval_dataset("val")):
+        out["val"].append(copies.pixel_vectors(images, size))
+        out["val_labels"].append(labels)
+    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
 def generate(
