@@ -2,6 +2,7 @@
 and stop training after K in a row; checkpoints never hold NaN weights."""
 
 import csv
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,6 +100,10 @@ def test_a_nan_step_changes_nothing_is_logged_and_training_goes_on(tiny_cfg, mon
     skipped = {int(r["step"]): float(r["train/skipped_steps"])
                for r in rows if r.get("train/skipped_steps")}  # fmt: skip
     assert skipped[2] == 0 and skipped[3] == 1 and skipped[5] == 1, skipped
+    # The gradient norm before clipping, logged at every step: NaN at the skipped one.
+    norms = {int(r["step"]): float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")}
+    assert sorted(norms) == [0, 1, 2, 3, 4, 5] and math.isnan(norms.pop(3)), norms
+    assert all(0.01 < n < math.inf for n in norms.values()), norms  # unclipped
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
     assert all_finite(ckpt["state_dict"]) and all_finite(ckpt["current_model_state"])

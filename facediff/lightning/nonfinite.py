@@ -12,6 +12,8 @@
 - the skip is counted and logged as `train/skipped_steps` (the run's total, kept in checkpoints),
   with a warning naming the step; after `max_consecutive` skipped steps in a row it raises
   `NonFiniteTrainingError` (train.py exits non-zero) with what to change;
+- the gradient norm, computed here anyway, is logged as `train/grad_norm` (before clipping, the
+  number to set the clip by; NaN or inf on a skipped step);
 - `on_save_checkpoint` refuses to write a checkpoint whose raw or averaged weights are not finite,
   so `last.ckpt` is never replaced by NaN weights.
 
@@ -117,6 +119,7 @@ class NonFiniteGuard(Callback):
             # The same decision on every rank, or their weights diverge. The gradients are
             # all-reduced already (a NaN on one rank is a NaN on all); the losses are not.
             loss_ok = not trainer.strategy.reduce_boolean_decision(not loss_ok, all=False)
+        pl_module.log("train/grad_norm", norm, on_step=True)  # read every log_every_n_steps
         bad = not (loss_ok and grad_ok)
         self.skipped_last_step = bad
         if bad:
