@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 8 and 9, prepared for a lent GPU machine that has no network, so that
+# its few minutes go to measuring. Three steps, each a mode of this script:
+#
+#   here, once:  bash benchmarks/gpu_session.sh fetch [UTKFACE_DIR]
+#       wheels of what the GPU image lacks (hydra-core, omegaconf, antlr4, diffusers,
+#       importlib_metadata) -> .whl/; with UTKFACE_DIR, a copy of those faces -> .gpu_data/utkface
+#       (both git-ignored: UTKFace is never committed; it must stay under the 64 MiB a call carries)
+#   there, with the device tool's run (carry [".whl", ".gpu_data"]):
+#       bash benchmarks/gpu_session.sh bench          # issue 8's GPU rows (not yet timed on a GPU:
+#                                                     # give the call its 10 minutes)
+#       bash benchmarks/gpu_session.sh train STEPS    # utkface64 (16-mixed) for STEPS steps on the
+#                                                     # carried faces (the demo data without them),
+#                                                     # then evaluate.py on its last checkpoint
+#
+# Results land in $OUT (the device tool's folder; outputs/gpu_session elsewhere) as one
+# results.tar.gz plus summary.md, because a device call brings back at most 8 files.
+# Every size is an environment variable (below), so the script can be tried on a CPU first:
+#   SIZE=32 BATCH=4 BIG_BATCH=4 MEM_BATCH=4 REPS=1 WARMUP=0 PRECISIONS=fp32 \
+#     MODELS=unet_tiny,unet VARIANT_MODELS=unet_tiny VARIANTS=channels_last \
+#     bash benchmarks/gpu_session.sh bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=${1:?"usage: gpu_session.sh fetch [UTKFACE_DIR] | bench | train STEPS"}
+OUT=${OUT:-outputs/gpu_session}
+WORK=outputs/gpu_session_work
+PY=${PY:-python3}
+SIZE=${SIZE:-64}
+BATCH=${BATCH:-32}          # the interleaved run of all four networks (original's 64x64 attention
+BIG_BATCH=${BIG_BATCH:-128} # needs the memory); BIG_BATCH: unet_attn alone, for the peak share
+MEM_BATCH=${MEM_BATCH:-32}
+REPS=${REPS:-5}
+WARMUP=${WARMUP:-2}
+PRECISIONS=${PRECISIONS:-bf16,fp16}
+MODELS=${MODELS:-unet_attn,diffusers_unet2d,original,unet}
+VARIANT_MODELS=${VARIANT_MODELS:-unet_attn}
+VARIANTS=${VARIANTS:-channels_last,compile}
+TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
+EVAL_N=${EVAL_N:-300}                 # evaluate.py's samples per group after `train`
+
+install_wheels() {
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/facediff_site .whl/*.whl
+        export PYTHONPATH="/tmp/facediff_site:${PYTHONPATH:-}"
+    fi
+    export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+}
+
+describe_machine() {
+    {
+        echo "# facediff GPU session: $MODE $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+        "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+    } | tee "$WORK/summary.md"
+}
+
+pack() { # on every exit, a failed step included: what was measured still comes back
+    mkdir -p "$OUT"
+    cp "$WORK/summary.md" "$OUT/summary.md" 2>/dev/null || true
+    tar -czf "$OUT/results.tar.gz" --exclude=samples.pt -C "$WORK" .
+    echo "results: $OUT/results.tar.gz ($(du -h "$OUT/results.tar.gz" | cut -f1))"
+}
+
+start() {
+    rm -rf "$WORK" && mkdir -p "$WORK"
+    trap pack EXIT
+    install_wheels
+    describe_machine
+}
+
+case "$MODE" in
+fetch)
+    mkdir -p .whl
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl hydra-core==1.3.8 omegaconf==2.3.1 diffusers==0.42.1 importlib_metadata # as here
+    "$PY" -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .whl # an sdist on PyPI
+    if [ -n "${2:-}" ]; then
+        mkdir -p .gpu_data && rm -rf .gpu_data/utkface && cp -r "$2" .gpu_data/utkface
+    fi
+    du -sh .whl
+    if [ -d .gpu_data ]; then du -sh .gpu_data; fi
+    ;;
+bench)
+    start
+    # 1. every network in one interleaved run: the ratios of issue 8's targets
+    "$PY" -m benchmarks.bench --only peak,train --models "$MODELS" --precisions "$PRECISIONS" \
+        --variants none --size "$SIZE" --batch "$BATCH" --reps "$REPS" --warmup "$WARMUP" \
+        --json "$WORK/bench_all.json" 2>&1 | tee "$WORK/bench_all.md"
+    # 2. unet_attn at a GPU-sized batch: the switches, the share of peak, memory, sampling
+    "$PY" -m benchmarks.bench --only peak,train,memory,sample --models "${VARIANT_MODELS%%,*}" \
+        --variant-models "$VARIANT_MODELS" --precisions "$PRECISIONS" --variants "$VARIANTS" \
+        --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" --warmup "$WARMUP" \
+        --mem-model "${VARIANT_MODELS%%,*}" --mem-batch "$MEM_BATCH" \
+        --mem-precision "${PRECISIONS%%,*}" --sample-models "${VARIANT_MODELS%%,*}" \
+        --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 | tee "$WORK/bench_big.md"
+    awk '/^## /{p = /^## Ratios/} p' "$WORK"/bench_*.md >>"$WORK/summary.md"
+    ;;
+train)
+    STEPS=${2:?"usage: gpu_session.sh train STEPS"}
+    start
+    if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
+    RUN=outputs/utkface64/gpu_session
+    rm -rf "$RUN"
+    began=$SECONDS
+    # shellcheck disable=SC2086  # TRAIN_OVERRIDES is a list of overrides
+    "$PY" train.py experiment=utkface64 "$DATA" run_name=gpu_session \
+        logger=csv trainer.max_steps="$STEPS" trainer.val_check_interval=$((STEPS / 2)) \
+        $TRAIN_OVERRIDES 2>&1 | tee "$WORK/train.log"
+    echo "training: $STEPS steps in $((SECONDS - began)) s of wall time" | tee -a "$WORK/summary.md"
+    "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" out="$WORK/evaluate" \
+        n_per_class="$EVAL_N" guidance=0.8 2>&1 | tee "$WORK/evaluate.log"
+    cp -r "$RUN/loss_curves.png" "$RUN/loss_curves.json" "$RUN/samples" "$WORK/" 2>/dev/null || true
+    grep -h "steps/s" "$WORK/train.log" | tail -3 >>"$WORK/summary.md" || true
+    cat "$WORK/evaluate/report.md" >>"$WORK/summary.md" 2>/dev/null || true
+    ;;
+*)
+    echo "unknown mode $MODE: use fetch, bench or train" >&2
+    exit 2
+    ;;
+esac
