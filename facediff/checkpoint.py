@@ -102,7 +102,9 @@ def check_resumable(path: str | Path, hparams: dict[str, Any]) -> None:
 
 # The data settings that decide which image lands in which split (train/val/test). The root
 # may move (another mount point) and loader settings may change; these may not.
-SPLIT_KEYS = ("layout", "classes", "attribute", "split", "seed", "dedupe", "demo")
+SPLIT_KEYS = (
+    "layout", "classes", "attribute", "split", "seed", "dedupe", "near_duplicates", "demo"
+)  # fmt: skip
 
 
 def check_same_split(path: str | Path, saved: Any, current: Any) -> None:

@@ -190,6 +190,7 @@ def check_train_config(cfg: DictConfig) -> None:
     c.integer("data.eval_batch_size", 1, null=True)
     c.integer("data.image_size", 1)
     c.integer("data.num_workers", 0)
+    c.number("data.near_duplicates", 0.0, 1.0, null=True)
     size, mult = c.get("data.image_size"), c.get("model.channel_mult")
     if is_int(size) and isinstance(mult, list) and mult and size % 2 ** (len(mult) - 1):
         factor = 2 ** (len(mult) - 1)

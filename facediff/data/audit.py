@@ -18,10 +18,12 @@ from pathlib import Path
 from facediff.data.duplicates import group_by_digest
 from facediff.data.folder import list_class_folders, list_images
 from facediff.data.index import decode_files
+from facediff.data.near_duplicates import COMPARE_SIZE, near_identical_pairs
 from facediff.data.sources import check_root, detect_layout
 from facediff.data.utkface import GENDER_NAMES, RACE_NAMES, scan_utkface_entries
 
 EXAMPLES = 5
+NEAR_DUPLICATES = 0.06  # as conf/data/utkface.yaml's near_duplicates
 
 
 @dataclass
@@ -38,14 +40,21 @@ class AuditReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     duplicate_groups: list[list[str]] = field(default_factory=list)
     conflicting_groups: int = 0
+    near_identical: list[tuple[str, str]] = field(default_factory=list)  # not byte-identical
+    near_max_rms: float | None = None
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
 def audit_dataset(
-    root: str | os.PathLike[str], layout: str = "auto", num_workers: int | None = None
+    root: str | os.PathLike[str],
+    layout: str = "auto",
+    num_workers: int | None = None,
+    near_duplicates: float | None = NEAR_DUPLICATES,
 ) -> AuditReport:
-    """Scan, hash and decode every file under ``root``; never raises for bad files."""
+    """Scan, hash and decode every file under ``root``; never raises for bad files.
+    ``near_duplicates``: also list pairs of different files whose pixels differ by at most
+    this RMS at 32 px (facediff.data.near_duplicates); None: skip that comparison."""
     start = time.monotonic()
     path = check_root(root)
     if layout == "auto":
@@ -70,7 +79,8 @@ def audit_dataset(
         extra = {}
     else:
         raise ValueError(f"Unknown layout {layout!r}. Fix: use auto, utkface or folder.")
-    result = decode_files([path / rel for rel, _, _ in entries], None, num_workers)
+    size = None if near_duplicates is None else COMPARE_SIZE
+    result = decode_files([path / rel for rel, _, _ in entries], size, num_workers)
     usable: list[int] = []
     for i, (rel, _, _) in enumerate(entries):
         error = result.errors[i]
@@ -97,6 +107,12 @@ def audit_dataset(
             members = [usable[g] for g in group]
             report.duplicate_groups.append(sorted(entries[m][0] for m in members))
             report.conflicting_groups += len({entries[m][1] for m in members}) > 1
+    if near_duplicates is not None and result.images is not None:
+        report.near_max_rms = near_duplicates
+        for i, j in near_identical_pairs(result.images, near_duplicates, rows=usable):
+            a, b = usable[i], usable[j]
+            if result.digests[a] != result.digests[b]:
+                report.near_identical.append((entries[a][0], entries[b][0]))
     report.seconds = time.monotonic() - start
     return report
 
@@ -153,6 +169,14 @@ def format_report(report: AuditReport) -> str:
     )
     for group in report.duplicate_groups[:3]:
         lines.append(f"    {' = '.join(group)}")
+    if report.near_max_rms is not None:
+        lines.append(
+            f"  near-identical pairs {len(report.near_identical):>3}  (other files, pixels within "
+            f"RMS {report.near_max_rms:g} at 32 px: one photograph saved twice; training keeps "
+            "them out of the held-out splits, data.near_duplicates)"
+        )
+        for a, b in report.near_identical[:3]:
+            lines.append(f"    {a} ~ {b}")
     lines.append("  image sizes (WxH):")
     lines += _table([(f"{w}x{h}", n) for (w, h), n in report.sizes.most_common(8)], report.usable)
     if len(report.sizes) > 8:
@@ -171,9 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=None, help="decode processes (default: all CPUs)"
     )
+    parser.add_argument(
+        "--near-duplicates",
+        type=float,
+        default=NEAR_DUPLICATES,
+        help="RMS pixel difference at 32 px under which two files count as one photograph "
+        f"(default {NEAR_DUPLICATES}); a negative value skips the comparison",
+    )
     args = parser.parse_args(argv)
+    near = args.near_duplicates if args.near_duplicates >= 0 else None
     try:
-        report = audit_dataset(args.root, args.layout, args.workers)
+        report = audit_dataset(args.root, args.layout, args.workers, near)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,26 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def check_near_duplicates(max_rms: Any, cache_images: bool) -> float | None:
+    """`near_duplicates`: null, or the RMS pixel difference in [0, 1] (facediff.data.
+    near_duplicates) under which two files count as one photograph; it compares decoded pixels,
+    so it needs the decoded-image cache."""
+    if max_rms is None:
+        return None
+    if isinstance(max_rms, bool) or not isinstance(max_rms, (int, float)) or not 0 <= max_rms <= 1:
+        raise ValueError(
+            f"`near_duplicates` must be null or a number in [0, 1] (an RMS pixel difference at "
+            f"32 px; 0.06 finds re-saved copies of a photograph), got {max_rms!r}."
+        )
+    if not cache_images:
+        raise ValueError(
+            "`near_duplicates` compares the decoded images, which cache_images=false does not "
+            "keep. Fix: set data.cache_images=true, or data.near_duplicates=null to split "
+            "without looking for near-identical files."
+        )
+    return float(max_rms)
+
+
 def check_demo(demo: Any, layout: str) -> dict[str, int] | None:
     """The demo settings (a subset of n_per_class, size, seed; write_demo_dataset's defaults
     fill the rest), or None."""

@@ -14,12 +14,18 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Sampler
 
 from facediff.data.balanced_sampler import BalancedSampler
-from facediff.data.checks import check_demo, configured_class_names, positive_int
+from facediff.data.checks import (
+    check_demo,
+    check_near_duplicates,
+    configured_class_names,
+    positive_int,
+)
 from facediff.data.dataset import FaceDataset
 from facediff.data.demo import write_demo_dataset
 from facediff.data.duplicates import resolve_duplicates
 from facediff.data.folder import list_class_folders
 from facediff.data.index import ImageIndex, build_index
+from facediff.data.near_duplicates import separate_near_identical
 from facediff.data.resumable import ResumableDataLoader, SeededRandomSampler
 from facediff.data.sources import Listing, check_layout, check_root, list_labelled_files
 from facediff.data.splits import SPLIT_NAMES, check_fractions, content_digest, split_indices
@@ -57,6 +63,7 @@ class FaceDataModule(L.LightningDataModule):
         split: Mapping[str, float] | None = None,
         seed: int = 0,
         dedupe: bool = True,
+        near_duplicates: float | None = None,
         balanced: bool = False,
         cache_images: bool = True,
         cache_dir: str = ".cache/facediff",
@@ -83,6 +90,8 @@ class FaceDataModule(L.LightningDataModule):
         self.fractions = check_fractions(split)
         self.seed = int(seed)
         self.dedupe = bool(dedupe)
+        # None where a data config predates the setting (old checkpoints keep their split)
+        self.near_duplicates = check_near_duplicates(near_duplicates, cache_images)
         self.balanced = bool(balanced)
         self.cache_images = bool(cache_images)
         self.cache_dir = Path(str(cache_dir)).expanduser()
@@ -154,6 +163,13 @@ class FaceDataModule(L.LightningDataModule):
         check_usable(listing, index, kept_labels)
         parts = split_indices(kept_labels, dups.groups, self.fractions, self.seed)
         rows = {name: [dups.keep[i] for i in parts[name]] for name in SPLIT_NAMES}
+        near = None
+        if self.near_duplicates is not None:
+            assert index.images is not None  # check_near_duplicates asks for cache_images
+            rows, groups, changed = separate_near_identical(
+                rows, index.images, self.near_duplicates
+            )
+            near = (len(groups), changed, [[index.relpaths[r] for r in g] for g in groups[:2]])
         table: dict[str, Any] = {"load_size": self.load_size}
         if index.images is not None:
             table["images"] = index.images
@@ -165,7 +181,7 @@ class FaceDataModule(L.LightningDataModule):
         self.val_set = FaceDataset(labels, eval_tf, rows=rows["val"], **table)
         self.test_set = FaceDataset(labels, eval_tf, rows=rows["test"], **table)
         self._eval_train_set = FaceDataset(labels, eval_tf, rows=rows["train"], **table)
-        rank_zero_only(log.info)(format_summary(listing, index, dups, labels, rows))
+        rank_zero_only(log.info)(format_summary(listing, index, dups, labels, rows, near))
 
     # ------------------------------------------------------------------------ evaluation
     def eval_dataset(self, split: str) -> FaceDataset:

@@ -33,8 +33,10 @@ def format_summary(
     dups: DuplicateResult,
     labels: list[int],
     rows: dict[str, list[int]],
+    near: tuple[int, int, list[list[str]]] | None = None,
 ) -> str:
-    """The table setup logs: images per class and split, and what was skipped."""
+    """The table setup logs: images per class and split, and what was skipped. `near`: the
+    near-identical groups found, the held-out images dropped or moved, and examples."""
     names = listing.class_names
     width = max(8, *(len(n) for n in names))
     counts = {s: Counter(labels[r] for r in rows[s]) for s in SPLIT_NAMES}
@@ -59,4 +61,11 @@ def format_summary(
         f"  duplicate groups: {dups.n_duplicate_groups} ({dups.n_copies_removed} extra copies "
         f"removed, {len(dups.conflicting)} with conflicting labels {action})"
     )
+    if near is not None:
+        n_groups, changed, examples = near
+        shown = "; ".join(" ~ ".join(group) for group in examples)
+        lines.append(
+            f"  near-identical groups: {n_groups} ({changed} held-out cop(ies) dropped or moved "
+            f"into one split){': ' + shown if shown else ''}"
+        )
     return "\n".join(lines)

@@ -22,22 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from facediff.data.near_duplicates import pixel_vectors as pixel_vectors  # re-exported
 from facediff.evaluation.metrics import wilson_interval
-
-
-def pixel_vectors(images: Tensor, size: int = 32) -> Tensor:
-    """(N, 3, H, W) images in [0, 1] -> (N, 3 * s * s) float32 rows, s = min(H, size).
-
-    Larger images are shrunk (antialiased) to `size` first: a copy stays a copy at 32 px, and
-    the training set's vectors stay small enough to hold for a full UTKFace release."""
-    if images.ndim != 4:
-        raise ValueError(f"Expected images (N, C, H, W), got shape {tuple(images.shape)}.")
-    if images.shape[-1] > size:
-        images = F.interpolate(images.float(), size=(size, size), mode="area")
-    return images.float().flatten(1)
 
 
 def copy_ratios(
