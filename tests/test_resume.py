@@ -220,6 +220,7 @@ def test_resume_refuses_a_checkpoint_of_another_data_split(tiny_checkpoint):
         "split": {"train": 0.7, "val": 0.15, "test": 0.15},
         "classes": ["hat", "beard"],
         "dedupe": not data["dedupe"],
+        "near_duplicates": None,  # a checkpoint from before the setting has none
         "demo": {**data["demo"], "seed": 9},
     }
     for key, value in changes.items():
