@@ -14,7 +14,10 @@
 #                                                     # then evaluate.py on its last checkpoint
 #
 # Results land in $OUT (the device tool's folder; outputs/gpu_session elsewhere) as one
-# results.tar.gz plus summary.md, because a device call brings back at most 8 files.
+# results.tar.gz plus summary.md, because a device call brings back at most 8 files. Each step
+# runs under `timeout` so that the whole mode ends within BUDGET seconds (default 540, inside a
+# call's 10 minutes) and packs what it measured even when a step is cut short. A session's 15
+# device minutes hold one mode, not both: `bench` first (issue 8), `train` in a later session.
 # Every size is an environment variable (below), so the script can be tried on a CPU first:
 #   SIZE=32 BATCH=4 BIG_BATCH=4 MEM_BATCH=4 REPS=1 WARMUP=0 PRECISIONS=fp32 \
 #     MODELS=unet_tiny,unet VARIANT_MODELS=unet_tiny VARIANTS=channels_last \
@@ -38,6 +41,7 @@ VARIANT_MODELS=${VARIANT_MODELS:-unet_attn}
 VARIANTS=${VARIANTS:-channels_last,compile}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
 EVAL_N=${EVAL_N:-300}                 # evaluate.py's samples per group after `train`
+BUDGET=${BUDGET:-540}                 # seconds for the whole mode; steps get what is left
 
 install_wheels() {
     if compgen -G ".whl/*.whl" >/dev/null; then
@@ -50,9 +54,12 @@ install_wheels() {
 
 describe_machine() {
     {
-        echo "# facediff GPU session: $MODE $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
-        "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+        commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+        echo "# facediff GPU session: $MODE $(date -u +%FT%TZ), commit $commit"
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null ||
+            echo "no nvidia-smi"
+        "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning',
+lightning.__version__, 'cuda', torch.cuda.is_available())"
     } | tee "$WORK/summary.md"
 }
 
@@ -66,51 +73,70 @@ pack() { # on every exit, a failed step included: what was measured still comes 
 start() {
     rm -rf "$WORK" && mkdir -p "$WORK"
     trap pack EXIT
+    trap 'exit 143' TERM INT # runs the EXIT trap: what was measured is packed
     install_wheels
     describe_machine
 }
 
+left() { # seconds of BUDGET still free for the next step (at least 1)
+    local rest=$((BUDGET - SECONDS))
+    echo $((rest > 1 ? rest : 1))
+}
+
 case "$MODE" in
 fetch)
-    mkdir -p .whl
+    rm -rf .whl && mkdir -p .whl # one version of each package: two stop the install there
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl hydra-core==1.3.8 omegaconf==2.3.1 diffusers==0.42.1 importlib_metadata # as here
+        -d .whl hydra-core==1.3.8 omegaconf==2.3.1 diffusers==0.42.1 \
+        importlib_metadata==10.2.0 # the versions installed here
     "$PY" -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .whl # an sdist on PyPI
     if [ -n "${2:-}" ]; then
         mkdir -p .gpu_data && rm -rf .gpu_data/utkface && cp -r "$2" .gpu_data/utkface
     fi
     du -sh .whl
-    if [ -d .gpu_data ]; then du -sh .gpu_data; fi
+    if [ -d .gpu_data ]; then
+        du -sh .gpu_data
+        if (($(du -sm .gpu_data | cut -f1) > 56)); then
+            echo "warning: .gpu_data is over 56 MiB; with the wheels and the code a call carries" \
+                "at most 64 MiB: copy fewer faces" >&2
+        fi
+    fi
     ;;
 bench)
     start
     # 1. every network in one interleaved run: the ratios of issue 8's targets
-    "$PY" -m benchmarks.bench --only peak,train --models "$MODELS" --precisions "$PRECISIONS" \
-        --variants none --size "$SIZE" --batch "$BATCH" --reps "$REPS" --warmup "$WARMUP" \
-        --json "$WORK/bench_all.json" 2>&1 | tee "$WORK/bench_all.md"
+    timeout "$(left)" "$PY" -m benchmarks.bench --only peak,train --models "$MODELS" \
+        --precisions "$PRECISIONS" --variants none --size "$SIZE" --batch "$BATCH" \
+        --reps "$REPS" --warmup "$WARMUP" --json "$WORK/bench_all.json" 2>&1 |
+        tee "$WORK/bench_all.md"
     # 2. unet_attn at a GPU-sized batch: the switches, the share of peak, memory, sampling
-    "$PY" -m benchmarks.bench --only peak,train,memory,sample --models "${VARIANT_MODELS%%,*}" \
-        --variant-models "$VARIANT_MODELS" --precisions "$PRECISIONS" --variants "$VARIANTS" \
-        --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" --warmup "$WARMUP" \
-        --mem-model "${VARIANT_MODELS%%,*}" --mem-batch "$MEM_BATCH" \
-        --mem-precision "${PRECISIONS%%,*}" --sample-models "${VARIANT_MODELS%%,*}" \
+    FIRST=${VARIANT_MODELS%%,*}
+    timeout "$(left)" "$PY" -m benchmarks.bench --only peak,train,memory,sample \
+        --models "$FIRST" --variant-models "$VARIANT_MODELS" --precisions "$PRECISIONS" \
+        --variants "$VARIANTS" --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" \
+        --warmup "$WARMUP" --mem-model "$FIRST" --mem-batch "$MEM_BATCH" \
+        --mem-precision "${PRECISIONS%%,*}" --sample-models "$FIRST" \
         --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 | tee "$WORK/bench_big.md"
-    awk '/^## /{p = /^## Ratios/} p' "$WORK"/bench_*.md >>"$WORK/summary.md"
+    awk 'FNR == 1 {p = 0} /^## /{p = /^## Ratios/} p' "$WORK"/bench_*.md >>"$WORK/summary.md"
     ;;
 train)
     STEPS=${2:?"usage: gpu_session.sh train STEPS"}
+    if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || ((STEPS < 2)); then
+        echo "STEPS must be a whole number >= 2, got '$STEPS'" >&2
+        exit 2
+    fi
     start
     if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
     RUN=outputs/utkface64/gpu_session
     rm -rf "$RUN"
     began=$SECONDS
     # shellcheck disable=SC2086  # TRAIN_OVERRIDES is a list of overrides
-    "$PY" train.py experiment=utkface64 "$DATA" run_name=gpu_session \
+    timeout "$(left)" "$PY" train.py experiment=utkface64 "$DATA" run_name=gpu_session \
         logger=csv trainer.max_steps="$STEPS" trainer.val_check_interval=$((STEPS / 2)) \
         $TRAIN_OVERRIDES 2>&1 | tee "$WORK/train.log"
     echo "training: $STEPS steps in $((SECONDS - began)) s of wall time" | tee -a "$WORK/summary.md"
-    "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" out="$WORK/evaluate" \
+    timeout "$(left)" "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" out="$WORK/evaluate" \
         n_per_class="$EVAL_N" guidance=0.8 2>&1 | tee "$WORK/evaluate.log"
     cp -r "$RUN/loss_curves.png" "$RUN/loss_curves.json" "$RUN/samples" "$WORK/" 2>/dev/null || true
     grep -h "steps/s" "$WORK/train.log" | tail -3 >>"$WORK/summary.md" || true

@@ -121,11 +121,16 @@ def check_same_split(path: str | Path, saved: Any, current: Any) -> None:
             raise CheckpointError(
                 f"Cannot resume from {path}: data.{key} differs from the checkpoint's, which "
                 "would change the train/val/test split and move held-out images into "
-                f"training.\n  checkpoint: data.{key}={saved.get(key)}\n"
-                f"  this run:   data.{key}={current.get(key)}\n"
+                f"training.\n  checkpoint: data.{key}={_yaml(saved.get(key))}\n"
+                f"  this run:   data.{key}={_yaml(current.get(key))}\n"
                 f"Resume with data.{key} as the checkpoint has it (its run's .hydra/config.yaml), "
                 "or start a fresh run without ckpt_path."
             )
+
+
+def _yaml(value: Any) -> Any:
+    """A value as a Hydra override spells it (null, not Python's None)."""
+    return "null" if value is None else value
 
 
 def _plain(value: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from facediff.data.checks import check_demo, configured_class_names
+from facediff.data.checks import MAX_NEAR_DUPLICATES, check_demo, configured_class_names
 from facediff.diffusion.objective import build_diffusion
 from facediff.diffusion.sampling import check_fits
 from facediff.diffusion.settings import SAMPLERS, SamplingSettings
@@ -190,7 +190,7 @@ def check_train_config(cfg: DictConfig) -> None:
     c.integer("data.eval_batch_size", 1, null=True)
     c.integer("data.image_size", 1)
     c.integer("data.num_workers", 0)
-    c.number("data.near_duplicates", 0.0, 1.0, null=True)
+    c.number("data.near_duplicates", 0.0, MAX_NEAR_DUPLICATES, low_open=True, null=True)
     size, mult = c.get("data.image_size"), c.get("model.channel_mult")
     if is_int(size) and isinstance(mult, list) and mult and size % 2 ** (len(mult) - 1):
         factor = 2 ** (len(mult) - 1)

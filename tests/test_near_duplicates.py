@@ -28,8 +28,11 @@ def test_pairs_follow_the_rms_threshold_in_uint8_and_float() -> None:
     as_uint8 = (images * 255).round().to(torch.uint8)
     assert near_identical_pairs(as_uint8, 0.06) == [(0, 1)]
     assert near_identical_pairs(images, 0.06, rows=[2, 3, 1, 0]) == [(2, 3)]  # positions in rows
-    with pytest.raises(ValueError, match="max_rms"):
-        near_identical_pairs(images, -1.0)
+    for bad in (-1.0, 0.0):
+        with pytest.raises(ValueError, match="max_rms"):
+            near_identical_pairs(images, bad)
+    many = torch.cat([images] * 300)  # 1,200 images: pairs across chunks (chunk 1,024)
+    assert len(near_identical_pairs(many, 0.06)) == len(near_identical_pairs(many, 0.06, chunk=7))
 
 
 def test_groups_are_transitive_and_ordered() -> None:
@@ -104,6 +107,8 @@ def test_the_audit_lists_near_identical_pairs(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"near_duplicates": 2.0}, "near_duplicates"),
+        ({"near_duplicates": 0.6}, "different faces would count as one"),
+        ({"near_duplicates": 0}, "near_duplicates"),
         ({"near_duplicates": "yes"}, "near_duplicates"),
         ({"near_duplicates": 0.06, "cache_images": False}, "cache_images=true"),
     ],
@@ -111,3 +116,20 @@ def test_the_audit_lists_near_identical_pairs(tmp_path: Path) -> None:
 def test_bad_settings_name_the_fix(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaceDataModule(root=str(tmp_path), layout="folder", **kwargs)
+
+
+def test_a_data_config_without_the_key_keeps_its_old_split(tmp_path: Path) -> None:
+    """evaluate.py rebuilds the data from a checkpoint's data config: one saved before
+    data.near_duplicates existed must give the split its model was trained with."""
+    from facediff.data.build import build_datamodule
+
+    pairs = write_faces(tmp_path / "faces", copies=8)
+    split = {"train": 0.5, "val": 0.25, "test": 0.25}
+    config = dict(root=str(tmp_path / "faces"), layout="folder", image_size=32, num_workers=0,
+                  cache_dir=str(tmp_path / "c"), split=split)  # fmt: skip
+    old = build_datamodule(config)
+    old.setup("test")
+    assert old.near_duplicates is None
+    held_out = set(split_of(old)) - {n for n, s in split_of(old).items() if s == "train"}
+    assert any(copy in held_out or original in held_out for original, copy in pairs)
+    assert len(split_of(old)) == 40 + len(pairs)  # nothing dropped

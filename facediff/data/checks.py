@@ -9,6 +9,7 @@ from facediff.data.demo import DEMO_CLASSES
 from facediff.data.utkface import ClassSelector
 
 DEMO_KEYS = ("n_per_class", "size", "seed")
+MAX_NEAR_DUPLICATES = 0.2  # RMS; different faces of UTKFace are >= 0.078 apart (near_duplicates)
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -23,10 +24,15 @@ def check_near_duplicates(max_rms: Any, cache_images: bool) -> float | None:
     so it needs the decoded-image cache."""
     if max_rms is None:
         return None
-    if isinstance(max_rms, bool) or not isinstance(max_rms, (int, float)) or not 0 <= max_rms <= 1:
+    if (
+        isinstance(max_rms, bool)
+        or not isinstance(max_rms, (int, float))
+        or not 0 < max_rms <= MAX_NEAR_DUPLICATES
+    ):
         raise ValueError(
-            f"`near_duplicates` must be null or a number in [0, 1] (an RMS pixel difference at "
-            f"32 px; 0.06 finds re-saved copies of a photograph), got {max_rms!r}."
+            f"`near_duplicates` must be null or a number in (0, {MAX_NEAR_DUPLICATES}] (an RMS "
+            f"pixel difference at 32 px; 0.06 finds re-saved copies of a photograph, and above "
+            f"{MAX_NEAR_DUPLICATES} different faces would count as one), got {max_rms!r}."
         )
     if not cache_images:
         raise ValueError(

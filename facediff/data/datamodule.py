@@ -47,6 +47,12 @@ class FaceDataModule(L.LightningDataModule):
     Batches are ``(images, labels)``: float32 (B, 3, image_size, image_size) in [-1, 1] and
     int64 (B,) class indices into ``class_names``. ``class_names``/``num_classes`` are known right
     after construction (the model needs them before any data is read).
+
+    The arguments are conf/data/*.yaml's keys, where their defaults live. One exception:
+    ``near_duplicates`` (keep near-identical files out of different splits, see
+    facediff.data.near_duplicates) is 0.06 in conf/data/utkface.yaml but None (off) here, so that
+    a data config saved before the setting existed, as old checkpoints hold it, rebuilds the same
+    split; pass it explicitly when building this class in your own code.
     """
 
     def __init__(

@@ -9,8 +9,8 @@ difference, both shrunk to 32 px with values in [0, 1], is at most `max_rms`
 (`data.near_duplicates`).
 
 Calibration on the 5,008-file UTKFace sample (../shared, whose makers removed the duplicates
-they found): one pair of the same photograph is left, at RMS 0.041 (ratio 0.26 to its second
-nearest file); the nearest two different photographs are 0.078 apart, and 99% of files have no
+they found): one pair of the same photograph is left, at RMS 0.041; the nearest two different
+photographs are 0.078 apart, and 99% of files have no
 other file within 0.092. 0.06 lies in that gap. Mirrored copies are not looked for.
 
 After the split is drawn, a group of near-identical files with a member in the training split
@@ -18,6 +18,8 @@ loses its held-out members (the training split stays exactly as drawn, so a run'
 not change); a group only held out moves into the split of its first file (by name). Every
 other file keeps its split. The comparison is all pairs: 14-16 s for 23,708 images (the full
 release) on the 2-core Xeon of BENCHMARKS.md, once per setup; well under a second for 5,000.
+Training compares the decoded-image cache (data.load_size) shrunk to 32 px, the audit images
+decoded at 32 px: a pair right at the threshold can fall on different sides of it in the two.
 """
 
 from __future__ import annotations
@@ -63,17 +65,17 @@ def near_identical_pairs(
 ) -> list[tuple[int, int]]:
     """Pairs (i, j), i < j, of `images` ((N, 3, H, W) uint8, or float in [0, 1]; positions in
     `rows` when given) whose RMS difference at 32 px is at most `max_rms`; sorted."""
-    if not math.isfinite(max_rms) or max_rms < 0:
-        raise ValueError(f"max_rms must be a number >= 0, got {max_rms!r}.")
+    if not math.isfinite(max_rms) or max_rms <= 0:
+        raise ValueError(f"max_rms must be a number > 0, got {max_rms!r}.")
     x = image_vectors(images, rows)  # (N, D)
     limit = x.shape[1] * max_rms**2  # on the squared L2 distance
     norms = (x * x).sum(1)  # (N,)
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(x), chunk):
-        block = x[start : start + chunk]  # (n, D)
-        d2 = norms[start : start + chunk, None] + norms[None, :] - 2 * block @ x.T  # (n, N)
-        rows, cols = torch.nonzero(d2 <= limit, as_tuple=True)
-        for i, j in zip((rows + start).tolist(), cols.tolist(), strict=True):
+        block, rest = x[start : start + chunk], x[start:]  # (n, D), (N - start, D): j >= i only
+        d2 = norms[start : start + chunk, None] + norms[None, start:] - 2 * block @ rest.T
+        hit_i, hit_j = torch.nonzero(d2 <= limit, as_tuple=True)  # (n, N - start) matrix
+        for i, j in zip((hit_i + start).tolist(), (hit_j + start).tolist(), strict=True):
             if i < j:
                 pairs.append((i, j))
     return pairs
