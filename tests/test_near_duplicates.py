@@ -3,6 +3,7 @@ held-out splits, and finding them leaves the training split exactly as drawn."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_the_audit_lists_near_identical_pairs(tmp_path: Path) -> None:
     pairs = write_faces(tmp_path / "faces", copies=3)
     report = audit_dataset(tmp_path / "faces", "folder", num_workers=0)
     assert report.near_identical == pairs and not report.duplicate_groups
-    assert "near-identical pairs   3" in format_report(report)
+    assert re.search(r"near-identical +3  \(pairs", format_report(report))
     assert audit_dataset(tmp_path / "faces", "folder", 0, near_duplicates=None).near_identical == []
 
 

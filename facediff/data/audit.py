@@ -171,9 +171,9 @@ def format_report(report: AuditReport) -> str:
         lines.append(f"    {' = '.join(group)}")
     if report.near_max_rms is not None:
         lines.append(
-            f"  near-identical pairs {len(report.near_identical):>3}  (other files, pixels within "
-            f"RMS {report.near_max_rms:g} at 32 px: one photograph saved twice; training keeps "
-            "them out of the held-out splits, data.near_duplicates)"
+            f"  near-identical  {len(report.near_identical):>7}  (pairs of other files within RMS "
+            f"{report.near_max_rms:g} at 32 px: one photograph saved twice; training keeps each "
+            "out of the held-out splits, data.near_duplicates)"
         )
         for a, b in report.near_identical[:3]:
             lines.append(f"    {a} ~ {b}")
