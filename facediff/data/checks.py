@@ -19,9 +19,9 @@ def positive_int(name: str, value: Any) -> int:
 
 
 def check_near_duplicates(max_rms: Any, cache_images: bool) -> float | None:
-    """`near_duplicates`: null, or the RMS pixel difference in [0, 1] (facediff.data.
-    near_duplicates) under which two files count as one photograph; it compares decoded pixels,
-    so it needs the decoded-image cache."""
+    """`near_duplicates`: null, or the RMS pixel difference in (0, MAX_NEAR_DUPLICATES]
+    (facediff.data.near_duplicates) under which two files count as one photograph; it compares
+    decoded pixels, so it needs the decoded-image cache."""
     if max_rms is None:
         return None
     if (

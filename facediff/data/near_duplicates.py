@@ -10,14 +10,15 @@ difference, both shrunk to 32 px with values in [0, 1], is at most `max_rms`
 
 Calibration on the 5,008-file UTKFace sample (../shared, whose makers removed the duplicates
 they found): one pair of the same photograph is left, at RMS 0.041; the nearest two different
-photographs are 0.078 apart, and 99% of files have no
-other file within 0.092. 0.06 lies in that gap. Mirrored copies are not looked for.
+photographs are 0.078 apart, and 99% of files have no other file within 0.092. 0.06 lies in
+that gap. Mirrored copies are not looked for.
 
 After the split is drawn, a group of near-identical files with a member in the training split
 loses its held-out members (the training split stays exactly as drawn, so a run's batches do
 not change); a group only held out moves into the split of its first file (by name). Every
-other file keeps its split. The comparison is all pairs: 14-16 s for 23,708 images (the full
-release) on the 2-core Xeon of BENCHMARKS.md, once per setup; well under a second for 5,000.
+other file keeps its split. The comparison is all pairs: 14-16 s for 23,708 random images (as many
+as the full release; at 80 and 32 px) on the 2-core Xeon of BENCHMARKS.md, once per setup; 0.3 s
+for the recipe's setup on the 5,000-file sample.
 Training compares the decoded-image cache (data.load_size) shrunk to 32 px, the audit images
 decoded at 32 px: a pair right at the threshold can fall on different sides of it in the two.
 """
