@@ -50,15 +50,18 @@ def test_metrics_json_holds_every_documented_key(evaluated):
     assert saved == json.loads(json.dumps(result))
     for key in ("class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std",
                 "feature_extractor", "diversity", "memorised_share", "copied_share",
-                "copied_share_floor", "copy_max_ratio"):  # fmt: skip
+                "copied_share_floor", "copy_max_ratio", "sharpness",
+                "sharpness_floor"):  # fmt: skip
         assert key in saved
     assert saved["feature_extractor"].startswith("facediff-classifier:")
     assert set(saved["per_class"]) == set(CLASSES)
     for per in saved["per_class"].values():
         assert {"class_consistency", "real_accuracy", "fid", "kid_mean", "kid_std",
-                "copied_share", "copied_share_floor"} <= set(per)  # fmt: skip
+                "copied_share", "copied_share_floor", "sharpness",
+                "sharpness_floor"} <= set(per)  # fmt: skip
         assert per["n_generated"] == 4
         assert 0 <= per["copied_share"] <= 1
+        assert per["sharpness"] > 0 and per["sharpness_floor"] > 0
     assert saved["n_generated"] == 12 and 0 <= saved["class_consistency"] <= 1
 
 

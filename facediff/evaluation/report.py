@@ -30,11 +30,13 @@ PER_CLASS_COLUMNS = (
     ("memorised_share_floor", "memorised floor"),
     ("copied_share", "copies"),
     ("copied_share_floor", "copies floor"),
+    ("sharpness", "sharpness"),
+    ("sharpness_floor", "sharpness floor"),
     ("n_generated", "n gen."),
     ("n_real", "n real"),
 )
 SWEEP_COLUMNS = ("sampler", "steps", "guidance", "class_consistency", "consistency_ratio",
-                 "fid", "fid_ratio", "kid_mean", "seconds_per_image")  # fmt: skip
+                 "fid", "fid_ratio", "kid_mean", "sharpness", "seconds_per_image")  # fmt: skip
 
 
 def fmt(value: Any) -> str:
@@ -173,6 +175,8 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         ),
         ("copies among real held-out faces (floor)", result.get("copied_share_floor")),
         ("smallest copy ratio of a sample", result.get("copy_ratio_min")),
+        ("sharpness (high-frequency power, generated / real)", result.get("sharpness")),
+        ("sharpness floor (real held-out / real test)", result.get("sharpness_floor")),
         ("seconds per image", result["seconds_per_image"]),
     ]
     per_class = [
@@ -200,7 +204,9 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "Copies: share of samples whose nearest training image, pixel by pixel, is under "
         "the ratio above times as far as the second nearest (a copy of one image, not a "
         "look-alike); copies floor: the same for real validation faces (the data's own "
-        "near-duplicates).\n",
+        "near-duplicates). Sharpness: the samples' power at high spatial frequencies (half "
+        "Nyquist and up) over the real test faces' (1 = as much fine detail, below = blurred, "
+        "above = noise or artefacts); sharpness floor: the same for real validation faces.\n",
         markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
         "\n![per group](per_class.png)\n\n![samples](samples.png)\n",
     ]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from facediff.diffusion.settings import SamplingSettings
-from facediff.evaluation import copies, metrics
+from facediff.evaluation import copies, metrics, sharpness
 from facediff.evaluation.classifier import FaceClassifier, cache_key
 from facediff.evaluation.features import FeatureSpace, cached, embed
 from facediff.evaluation.images import iter_images
@@ -22,7 +22,7 @@ from facediff.inference.generator import Generator
 log = logging.getLogger(__name__)
 
 HEADLINE = ("class_consistency", "consistency_ratio", "fid", "fid_floor", "fid_ratio",
-            "kid_mean", "kid_std", "kid_mean_floor")  # fmt: skip
+            "kid_mean", "kid_std", "kid_mean_floor", "sharpness")  # fmt: skip
 
 
 def real_features(
@@ -64,14 +64,21 @@ def real_features(
 def real_pixels(dm: Any, size: int) -> dict[str, Tensor]:
     """Pixel vectors (copies.pixel_vectors at `size`) of the real training split, as is and
     mirrored, and of the validation split with its labels: the copy test's references and its
-    floor. Read a batch at a time, so full-size images of a large split are never all held."""
-    out: dict[str, list[Tensor]] = {"train": [], "train_mirrored": [], "val": [], "val_labels": []}
+    floor; and the high-frequency power (sharpness.high_frequency_power) of every test and
+    validation image. Read a batch at a time, so full-size images of a large split are never
+    all held."""
+    out: dict[str, list[Tensor]] = {"train": [], "train_mirrored": [], "val": [], "val_labels": [],
+                                    "val_hf": [], "test_hf": [], "test_labels": []}  # fmt: skip
     for images, _ in iter_images(dm.eval_dataset("train")):
         out["train"].append(copies.pixel_vectors(images, size))
         out["train_mirrored"].append(copies.pixel_vectors(images.flip(-1), size))
     for images, labels in iter_images(dm.eval_dataset("val")):
         out["val"].append(copies.pixel_vectors(images, size))
         out["val_labels"].append(labels)
+        out["val_hf"].append(sharpness.high_frequency_power(images))
+    for images, labels in iter_images(dm.eval_dataset("test")):
+        out["test_hf"].append(sharpness.high_frequency_power(images))
+        out["test_labels"].append(labels)
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -164,9 +171,19 @@ class Scorer:
             floor_ratios=self.floor_copy_ratios,
             floor_labels=self.pixels["val_labels"],
         )
-        for name, per in copy.pop("per_class").items():
-            result["per_class"][name].update(per)
-        result.update(copy)
+        sharp = sharpness.sharpness_metrics(
+            sharpness.high_frequency_power(fake["images"]),
+            fake["labels"],
+            self.pixels["test_hf"],
+            self.pixels["test_labels"],
+            self.gen.class_names,
+            floor_power=self.pixels["val_hf"],
+            floor_labels=self.pixels["val_labels"],
+        )
+        for extra in (copy, sharp):
+            for name, per in extra.pop("per_class").items():
+                result["per_class"][name].update(per)
+            result.update(extra)
         result["seconds_per_image"] = fake["seconds_per_image"]
         log.info("  class consistency %.3f, FID %.3f (real-vs-real floor %.3f) (%.2f s/image)",
                  result["class_consistency"], result["fid"], result.get("fid_floor") or 0.0,
