@@ -55,7 +55,9 @@ def run_sampling(
 
             def run(net=net, y=y, x_T=x_T, sampler=sampler, steps=steps) -> None:
                 with torch.inference_mode(), autocast(device, precision):
-                    settings = SamplingSettings(sampler, steps, guidance, eta=eta, seed=0)
+                    settings = SamplingSettings.defaults().replace(
+                        sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=0
+                    )
                     sample(net, schedule, objective, y, x_T, settings)
 
             key = f"{name}/{sampler}"

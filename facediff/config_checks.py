@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from facediff.data.checks import MAX_NEAR_DUPLICATES, check_demo, configured_class_names
 from facediff.diffusion.objective import build_diffusion
 from facediff.diffusion.sampling import check_fits
-from facediff.diffusion.settings import SAMPLERS, SamplingSettings
+from facediff.diffusion.settings import SAMPLERS, SPACINGS, SamplingSettings
 
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
               "transformer-engine", "32", "16", "64", "bf16", 32, 16, 64)  # fmt: skip
@@ -123,7 +123,7 @@ class Checks:
 def check_sampling(
     checks: Checks, prefix: str, schedule: Any = None, objective: Any = None
 ) -> None:
-    """The five sampling keys under `prefix` (conf/sampling/default.yaml) and, given the model's
+    """The six sampling keys under `prefix` (conf/sampling/default.yaml) and, given the model's
     diffusion, whether they fit it (steps <= T, no deterministic sampler from zero SNR with an
     epsilon model)."""
     dot = f"{prefix}."
@@ -133,6 +133,7 @@ def check_sampling(
     checks.number(f"{dot}guidance")
     checks.number(f"{dot}eta", 0.0)
     checks.integer(f"{dot}seed")
+    checks.choice(f"{dot}spacing", SPACINGS)
     if schedule is None or len(checks.errors) > before:
         return
     node = checks.get(prefix)

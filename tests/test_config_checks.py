@@ -45,6 +45,9 @@ def test_every_shipped_config_passes(compose_cfg, override):
         (["callbacks.eval_metrics.sampling.sampler=euler"],
          "callbacks.eval_metrics.sampling.sampler='euler': must be one of ['ddpm', 'ddim', "
          "'dpmpp']"),
+        (["callbacks.sample_grid.sampling.spacing=leading"],
+         "callbacks.sample_grid.sampling.spacing='leading': must be one of ['trailing', "
+         "'linspace']"),
         (["diffusion.prediction=eps", "callbacks.eval_metrics=null",
           "callbacks.sample_grid.sampling.eta=0"],
          "callbacks.sample_grid.sampling.sampler='dpmpp'"),

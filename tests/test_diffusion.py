@@ -29,7 +29,7 @@ from facediff.diffusion.settings import SamplingSettings
 
 
 def settings(sampler: str, steps: int, guidance: float = 1.0, eta: float = 0.0) -> SamplingSettings:
-    return SamplingSettings(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=0)
+    return SamplingSettings(sampler, steps, guidance, eta=eta, seed=0, spacing="trailing")
 
 
 def test_linear_schedule_matches_the_original_and_keeps_signal_at_T():
@@ -108,13 +108,18 @@ def test_labels_are_dropped_per_sample_not_per_batch():
     assert torch.equal(drop_labels(y[0], 0.0, null_id=3), y[0])
 
 
-def test_spaced_timesteps():
-    assert spaced_timesteps(500, 500) == list(range(499, -1, -1))
-    ts = spaced_timesteps(500, 20)
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_spaced_timesteps(spacing):
+    assert spaced_timesteps(500, 500, spacing) == list(range(499, -1, -1))
+    assert spaced_timesteps(500, 1, spacing) == [499]
+    ts = spaced_timesteps(500, 20, spacing)
     assert ts[0] == 499 and len(ts) == 20 and all(a > b for a, b in itertools.pairwise(ts))
+    assert ts[-1] == (24 if spacing == "trailing" else 0)  # where the last step denoises from
     for bad in (0, 501):
         with pytest.raises(ValueError, match=r"steps must be in 1\.\.500"):
-            spaced_timesteps(500, bad)
+            spaced_timesteps(500, bad, spacing)
+    with pytest.raises(ValueError, match="spacing"):
+        spaced_timesteps(500, 20, "leading")
 
 
 def test_ddpm_step_is_ho_et_al_eq11_on_consecutive_steps():
@@ -317,9 +322,9 @@ def test_check_fits_refuses_before_sampling_what_cannot_work():
 
     s, eps_model = build_diffusion({"num_steps": 50, "prediction": "eps"})
     with pytest.raises(ValueError, match=r"diffusion\.prediction=v"):
-        check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0), s, eps_model)
+        check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing"), s, eps_model)
     with pytest.raises(ValueError, match="steps"):
-        check_fits(SamplingSettings("ddpm", 51, 2.0, 0.0, 0), s, eps_model)
-    check_fits(SamplingSettings("ddpm", 50, 2.0, 0.0, 0), s, eps_model)
+        check_fits(SamplingSettings("ddpm", 51, 2.0, 0.0, 0, "trailing"), s, eps_model)
+    check_fits(SamplingSettings("ddpm", 50, 2.0, 0.0, 0, "trailing"), s, eps_model)
     _, v_model = build_diffusion({"num_steps": 50, "prediction": "v"})
-    check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0), s, v_model)
+    check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing"), s, v_model)

@@ -59,6 +59,7 @@ def test_every_entry_point_composes_the_one_sampling_node(compose_cfg):
     "change, match",
     [
         ({"sampler": "euler"}, "Unknown sampler 'euler'"),
+        ({"spacing": "leading"}, "Unknown spacing 'leading'"),
         ({"steps": 0}, "steps must be >= 1"),
         ({"steps": 2.5}, "steps must be an integer"),
         ({"eta": -0.1}, "eta must be >= 0"),

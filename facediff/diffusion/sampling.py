@@ -40,13 +40,21 @@ MIN_DETERMINISTIC_START_SNR = 1e-3
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def spaced_timesteps(num_steps: int, steps: int) -> list[int]:
-    """`steps` timesteps from T-1 down, evenly spaced and always starting at the last one.
+def spaced_timesteps(num_steps: int, steps: int, spacing: str) -> list[int]:
+    """`steps` timesteps from T-1 down, evenly spaced; both spacings start at T-1, where the
+    first step sees pure noise, as in training (Lin et al. 2024).
 
-    "Trailing" spacing (Lin et al. 2024): the first step sees pure noise, as in training.
+    "trailing" (Lin et al.'s): T-1, T-1-T/steps, ..., T/steps - 1: the last step denoises from
+    t = T/steps - 1 (19 for 25 of 500 steps), whose noise the final prediction, a posterior
+    mean, smooths away with the finest detail. "linspace": T-1 down to 0 inclusive: the last
+    step denoises from t = 0, almost noise-free (docs/recipes.md, "Sharpness").
     """
     if not 1 <= steps <= num_steps:
         raise ValueError(f"steps must be in 1..{num_steps} (the model's T), got {steps}.")
+    if spacing not in ("trailing", "linspace"):
+        raise ValueError(f"Unknown spacing {spacing!r}; choose trailing or linspace.")
+    if spacing == "linspace" and steps > 1:
+        return [round((num_steps - 1) * (1 - i / (steps - 1))) for i in range(steps)]
     ratio = num_steps / steps
     return [round(num_steps - i * ratio) - 1 for i in range(steps)]
 
@@ -181,7 +189,7 @@ def sample(
     `on_step(t, x_t, x0_hat)` sees every step (for figures).
     """
     null_id = net.num_classes
-    ts = spaced_timesteps(schedule.num_steps, settings.steps)
+    ts = spaced_timesteps(schedule.num_steps, settings.steps, settings.spacing)
     x, x0_prev, h_prev = x_T, None, float("inf")
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SPACINGS = ("trailing", "linspace")  # see sampling.spaced_timesteps
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "sampling" / "default.yaml"
 
 
@@ -27,17 +28,22 @@ class SamplingSettings:
     guidance: classifier-free guidance w, uncond + w (cond - uncond); 1 = none;
     eta: DDIM and DPM-Solver++ (ddpm ignores it): 0 deterministic (the ODE) .. 1 as noisy as
         DDPM (DPM-Solver++'s SDE form);
-    seed: the noise seed (sample i draws from (seed, i))."""
+    seed: the noise seed (sample i draws from (seed, i));
+    spacing: which `steps` of the T timesteps: "trailing" | "linspace" (sampling.spaced_timesteps).
+    """
 
     sampler: str
     steps: int
     guidance: float
     eta: float
     seed: int
+    spacing: str
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {self.sampler!r}; choose one of {SAMPLERS}.")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"Unknown spacing {self.spacing!r}; choose one of {SPACINGS}.")
         for name in ("steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -60,7 +66,7 @@ class SamplingSettings:
         base: SamplingSettings | None = None,
         num_steps: int | None = None,
     ) -> SamplingSettings:
-        """Settings from a mapping holding the five keys (other keys are ignored), or only some
+        """Settings from a mapping holding the six keys (other keys are ignored), or only some
         of them on top of `base` (e.g. a sweep point {sampler: ddim, steps: 10}); checked
         against the model's T when `num_steps` is given."""
         names = [f.name for f in dataclasses.fields(cls)]

@@ -201,7 +201,7 @@ class Generator:
         """`n_per_class` images of each class (default: all), or of one blend of classes.
 
         Returns (images (N,3,H,W) in [0,1], the label of each image). `settings` and `changes`
-        (sampler, steps, guidance, eta, seed) as in `Generator.settings`.
+        (sampler, steps, guidance, eta, seed, spacing) as in `Generator.settings`.
         """
         settings = self.settings(settings, **changes)
         if n_per_class < 1:
