@@ -129,7 +129,8 @@ def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
         "trainer.max_epochs=2",
         "+callbacks.eval_metrics={_target_: facediff.lightning.eval_callback.EvalMetrics, "
         "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, "
-        "sampling: {sampler: dpmpp, steps: 2, guidance: 3.0, eta: 0.0, seed: 0}, "
+        "sampling: {sampler: dpmpp, steps: 2, guidance: 3.0, eta: 0.0, seed: 0, "
+        "spacing: trailing}, "
         "kid_subset_size: 5, classifier: {epochs: 1, widths: [8, 16]}}",
         "callbacks.model_checkpoint.monitor=eval/class_consistency",
         "callbacks.model_checkpoint.mode=max",
