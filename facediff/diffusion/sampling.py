@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from facediff.diffusion.objective import Objective
 from facediff.diffusion.schedule import NoiseSchedule
-from facediff.diffusion.settings import SamplingSettings
+from facediff.diffusion.settings import SPACINGS, SamplingSettings
 
 # Deterministic samplers need a usable x0_hat at the first step; an epsilon model's x0_hat has its
 # error amplified by 1 / sqrt(SNR) there (10^4 at the cosine schedule's SNR of ~1e-8).
@@ -51,8 +51,8 @@ def spaced_timesteps(num_steps: int, steps: int, spacing: str) -> list[int]:
     """
     if not 1 <= steps <= num_steps:
         raise ValueError(f"steps must be in 1..{num_steps} (the model's T), got {steps}.")
-    if spacing not in ("trailing", "linspace"):
-        raise ValueError(f"Unknown spacing {spacing!r}; choose trailing or linspace.")
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown spacing {spacing!r}; choose one of {SPACINGS}.")
     if spacing == "linspace" and steps > 1:
         return [round((num_steps - 1) * (1 - i / (steps - 1))) for i in range(steps)]
     ratio = num_steps / steps
