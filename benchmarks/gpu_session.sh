@@ -6,41 +6,50 @@
 #       wheels of what the GPU image lacks (hydra-core, omegaconf, antlr4, diffusers,
 #       importlib_metadata) -> .whl/; with UTKFACE_DIR, a copy of those faces -> .gpu_data/utkface
 #       (both git-ignored: UTKFace is never committed; it must stay under the 64 MiB a call carries)
-#   there, with the device tool's run (carry [".whl", ".gpu_data"]):
-#       bash benchmarks/gpu_session.sh bench          # issue 8's GPU rows (not yet timed on a GPU:
-#                                                     # give the call its 10 minutes)
-#       bash benchmarks/gpu_session.sh train STEPS    # utkface64 (16-mixed) for STEPS steps on the
-#                                                     # carried faces (the demo data without them),
-#                                                     # then evaluate.py on its last checkpoint
+#   there, with the device tool's run (carry [".whl", ".gpu_data"]), one after the other:
+#       OUT=$OUT/bench BUDGET=230 bash benchmarks/gpu_session.sh bench
+#           issue 8's GPU rows: every network interleaved; unet_attn and the peer at a GPU-sized
+#           batch (switches, share of peak, memory, sampling); where a step's time goes
+#           (benchmarks/profile_step.py); torch.compile last, as its compiling takes longest
+#       OUT=$OUT/train BUDGET=330 bash benchmarks/gpu_session.sh train auto|STEPS
+#           utkface64 (16-mixed) for STEPS steps (auto: as many as the bench's measured rate fits
+#           in the budget) on the carried faces (the demo data without them), evaluate.py on its
+#           last checkpoint, and its EMA weights in fp16 as <=16 MB parts (ema_fp16.ckpt.partNN,
+#           `cat` them together) for figures on a machine without a GPU
 #
 # Results land in $OUT (the device tool's folder; outputs/gpu_session elsewhere) as one
-# results.tar.gz plus summary.md, because a device call brings back at most 8 files. Each step
-# runs under `timeout` so that the whole mode ends within BUDGET seconds (default 540, inside a
-# call's 10 minutes) and packs what it measured even when a step is cut short. A session's 15
-# device minutes hold one mode, not both: `bench` first (issue 8), `train` in a later session.
+# results.tar.gz plus summary.md per mode, because a device call brings back at most 8 files.
+# Each step runs under `timeout` so that the whole mode ends within BUDGET seconds and packs what
+# it measured even when a step is cut short; training stopped by its timeout saves last.ckpt
+# first (the Preemption callback's SIGTERM handling), so evaluate.py still runs.
 # Every size is an environment variable (below), so the script can be tried on a CPU first:
-#   SIZE=32 BATCH=4 BIG_BATCH=4 MEM_BATCH=4 REPS=1 WARMUP=0 PRECISIONS=fp32 \
-#     MODELS=unet_tiny,unet VARIANT_MODELS=unet_tiny VARIANTS=channels_last \
+#   SIZE=32 BATCH=4 BIG_BATCH=4 MEM_BATCH=4 REPS=1 WARMUP=0 PRECISIONS=fp32 PEAK_N=256 \
+#     MODELS=unet_tiny,unet BIG_MODELS=unet_tiny VARIANTS=channels_last COMPILE=0 \
 #     bash benchmarks/gpu_session.sh bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:?"usage: gpu_session.sh fetch [UTKFACE_DIR] | bench | train STEPS"}
 OUT=${OUT:-outputs/gpu_session}
-WORK=outputs/gpu_session_work
+WORK=outputs/gpu_session_work/$MODE
 PY=${PY:-python3}
 SIZE=${SIZE:-64}
 BATCH=${BATCH:-32}          # the interleaved run of all four networks (original's 64x64 attention
-BIG_BATCH=${BIG_BATCH:-128} # needs the memory); BIG_BATCH: unet_attn alone, for the peak share
+BIG_BATCH=${BIG_BATCH:-256} # needs the memory); BIG_BATCH: unet_attn and the peer, for the peak share
 MEM_BATCH=${MEM_BATCH:-32}
+PEAK_N=${PEAK_N:-8192}      # matmul side for the measured peak (2048 is launch-bound on a GPU)
 REPS=${REPS:-5}
 WARMUP=${WARMUP:-2}
 PRECISIONS=${PRECISIONS:-bf16,fp16}
 MODELS=${MODELS:-unet_attn,diffusers_unet2d,original,unet}
-VARIANT_MODELS=${VARIANT_MODELS:-unet_attn}
-VARIANTS=${VARIANTS:-channels_last,compile}
+BIG_MODELS=${BIG_MODELS:-unet_attn,diffusers_unet2d} # the first one also gets the switches
+VARIANTS=${VARIANTS:-channels_last}
+COMPILE=${COMPILE:-1}       # 1: last, the first big model with and without torch.compile
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
 EVAL_N=${EVAL_N:-300}                 # evaluate.py's samples per group after `train`
+EVAL_RESERVE=${EVAL_RESERVE:-120}     # seconds of BUDGET kept for evaluate.py and packing
+TRAIN_MODEL=${TRAIN_MODEL:-unet_attn} # the bench row that `train auto` plans the steps from
+TRAIN_BATCH=${TRAIN_BATCH:-64}        # utkface64's batch
 BUDGET=${BUDGET:-540}                 # seconds for the whole mode; steps get what is left
 
 install_wheels() {
@@ -108,39 +117,68 @@ bench)
     # 1. every network in one interleaved run: the ratios of issue 8's targets
     timeout "$(left)" "$PY" -m benchmarks.bench --only peak,train --models "$MODELS" \
         --precisions "$PRECISIONS" --variants none --size "$SIZE" --batch "$BATCH" \
-        --reps "$REPS" --warmup "$WARMUP" --json "$WORK/bench_all.json" 2>&1 |
-        tee "$WORK/bench_all.md"
-    # 2. unet_attn at a GPU-sized batch: the switches, the share of peak, memory, sampling
-    FIRST=${VARIANT_MODELS%%,*}
+        --reps "$REPS" --warmup "$WARMUP" --peak-n "$PEAK_N" --json "$WORK/bench_all.json" 2>&1 |
+        tee "$WORK/bench_all.md" || true
+    # 2. a GPU-sized batch: the switches, the share of peak, memory, sampling
+    FIRST=${BIG_MODELS%%,*}
     timeout "$(left)" "$PY" -m benchmarks.bench --only peak,train,memory,sample \
-        --models "$FIRST" --variant-models "$VARIANT_MODELS" --precisions "$PRECISIONS" \
+        --models "$BIG_MODELS" --variant-models "$FIRST" --precisions "$PRECISIONS" \
         --variants "$VARIANTS" --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" \
-        --warmup "$WARMUP" --mem-model "$FIRST" --mem-batch "$MEM_BATCH" \
+        --warmup "$WARMUP" --peak-n "$PEAK_N" --mem-model "$FIRST" --mem-batch "$MEM_BATCH" \
         --mem-precision "${PRECISIONS%%,*}" --sample-models "$FIRST" \
-        --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 | tee "$WORK/bench_big.md"
-    awk 'FNR == 1 {p = 0} /^## /{p = /^## Ratios/} p' "$WORK"/bench_*.md >>"$WORK/summary.md"
+        --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 |
+        tee "$WORK/bench_big.md" || true
+    # 3. what bounds it: the step's time by kind of kernel, and the GPU's idle share
+    timeout "$(left)" "$PY" -m benchmarks.profile_step --model "$FIRST" --size "$SIZE" \
+        --batch "$BIG_BATCH" --precision "${PRECISIONS%%,*}" --json "$WORK/profile.json" 2>&1 |
+        tee "$WORK/profile.md" || true
+    # 4. torch.compile, whose compiling takes longest: with what time is left
+    if [ "$COMPILE" = 1 ]; then
+        timeout "$(left)" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
+            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" --variants compile \
+            --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" --warmup "$WARMUP" \
+            --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
+            tee "$WORK/bench_compile.md" || true
+    fi
+    awk 'FNR == 1 {p = 0} /^## /{p = /^## (Ratios|Training|Where|Peak memory|Sampling)/} p' "$WORK"/*.md >>"$WORK/summary.md"
     ;;
 train)
-    STEPS=${2:?"usage: gpu_session.sh train STEPS"}
-    if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || ((STEPS < 2)); then
-        echo "STEPS must be a whole number >= 2, got '$STEPS'" >&2
+    STEPS=${2:?"usage: gpu_session.sh train auto|STEPS"}
+    if [ "$STEPS" != auto ] && { ! [[ "$STEPS" =~ ^[0-9]+$ ]] || ((STEPS < 2)); }; then
+        echo "STEPS must be 'auto' or a whole number >= 2, got '$STEPS'" >&2
         exit 2
     fi
     start
     if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
+    TRAIN_SECONDS=$(($(left) - EVAL_RESERVE))
+    if [ "$STEPS" = auto ]; then # what the bench measured, at 60% for Lightning, data and figures
+        STEPS=$("$PY" -m benchmarks.gpu_session steps outputs/gpu_session_work/bench/bench_all.json \
+            --model "${TRAIN_MODEL}" --seconds "$TRAIN_SECONDS" --batch "$TRAIN_BATCH")
+    fi
+    echo "training: $STEPS steps planned in $TRAIN_SECONDS s" | tee -a "$WORK/summary.md"
     RUN=outputs/utkface64/gpu_session
     rm -rf "$RUN"
     began=$SECONDS
+    # SIGTERM at the limit: the Preemption callback saves last.ckpt at the batch end
     # shellcheck disable=SC2086  # TRAIN_OVERRIDES is a list of overrides
-    timeout "$(left)" "$PY" train.py experiment=utkface64 "$DATA" run_name=gpu_session \
-        logger=csv trainer.max_steps="$STEPS" trainer.val_check_interval=$((STEPS / 2)) \
-        $TRAIN_OVERRIDES 2>&1 | tee "$WORK/train.log"
-    echo "training: $STEPS steps in $((SECONDS - began)) s of wall time" | tee -a "$WORK/summary.md"
-    timeout "$(left)" "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" out="$WORK/evaluate" \
-        n_per_class="$EVAL_N" guidance=0.8 2>&1 | tee "$WORK/evaluate.log"
-    cp -r "$RUN/loss_curves.png" "$RUN/loss_curves.json" "$RUN/samples" "$WORK/" 2>/dev/null || true
+    timeout -k 30 "$TRAIN_SECONDS" "$PY" train.py experiment=utkface64 "$DATA" \
+        run_name=gpu_session logger=csv trainer.max_steps="$STEPS" \
+        trainer.val_check_interval=$((STEPS / 2)) $TRAIN_OVERRIDES 2>&1 | tee "$WORK/train.log" ||
+        true
+    echo "training: $((SECONDS - began)) s of wall time" | tee -a "$WORK/summary.md"
+    timeout -k 10 "$(left)" "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" \
+        out="$WORK/evaluate" n_per_class="$EVAL_N" guidance=0.8 2>&1 |
+        tee "$WORK/evaluate.log" || true
+    cp -r "$RUN/loss_curves.png" "$RUN/loss_curves.json" "$RUN/samples" "$RUN/metrics.csv" \
+        "$WORK/" 2>/dev/null || true
     grep -h "steps/s" "$WORK/train.log" | tail -3 >>"$WORK/summary.md" || true
     cat "$WORK/evaluate/report.md" >>"$WORK/summary.md" 2>/dev/null || true
+    # the EMA weights in fp16 (optimiser and raw weights left behind) in parts a call brings back
+    if [ -f "$RUN/checkpoints/last.ckpt" ]; then
+        "$PY" -m benchmarks.gpu_session slim "$RUN/checkpoints/last.ckpt" "$WORK/ema.ckpt" &&
+            mkdir -p "$OUT" && split -b 16000000 -d "$WORK/ema.ckpt" "$OUT/ema_fp16.ckpt.part" &&
+            rm "$WORK/ema.ckpt"
+    fi
     ;;
 *)
     echo "unknown mode $MODE: use fetch, bench or train" >&2

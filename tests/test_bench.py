@@ -88,3 +88,24 @@ def test_copy_test_benchmark_catches_exact_and_mirrored_copies(tmp_path: Path, c
     assert results["exact copy"]["caught"] == 1.0 and results["mirrored copy"]["caught"] == 1.0
     assert results["real face, not in training"]["caught"] == 0.0
     assert "median ratio" in capsys.readouterr().out
+
+
+def test_profile_step_splits_a_step_into_kinds(tmp_path: Path, capsys):
+    from benchmarks import profile_step
+
+    assert profile_step.kind_of("sm90_xmma_fprop_implicit_gemm_bf16") == "conv+matmul"
+    assert profile_step.kind_of("pytorch_flash::flash_fwd_kernel") == "attention"
+    assert profile_step.kind_of("multi_tensor_apply_kernel<Adam>") == "optimiser+EMA"
+    assert profile_step.kind_of("aten::native_group_norm_backward") == "normalisation"
+    assert profile_step.kind_of("vectorized_elementwise_kernel<silu>") == "elementwise+other"
+
+    out = tmp_path / "profile.json"
+    r = profile_step.main(
+        ["--model", "unet_tiny", "--size", "16", "--batch", "2", "--precision", "fp32",
+         "--steps", "1", "--device", "cpu", "--json", str(out)]
+    )  # fmt: skip
+    assert json.loads(out.read_text())["case"] == "unet_tiny/fp32"
+    assert r["busy_ms"] > 0 and 0 < r["busy_share"] <= 1.5  # CPU: ops can overlap the timer
+    assert r["kinds_ms"]["conv+matmul"] > 0
+    assert abs(sum(r["kinds_ms"].values()) - r["busy_ms"]) < 1e-6
+    assert "Where a step's time goes" in capsys.readouterr().out
