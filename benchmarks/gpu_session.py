@@ -2,8 +2,9 @@
 
 python -m benchmarks.gpu_session steps BENCH_JSON --model unet_attn --seconds 200 --batch 64
     how many training steps fit in `seconds`, from the bench's measured rate of the model (its
-    fastest mixed precision), at `share` of it for what Lightning adds (data, logging,
-    validation, figures); 3000 when the bench has no such row
+    fastest mixed precision) after a minute of start-up; 3000 when the bench has no such row.
+    On an H100 the bench's batch-32 rate (343 img/s, host-bound) was below what Lightning
+    reached at batch 64 (545 img/s), so the plan is on the safe side
 python -m benchmarks.gpu_session slim CKPT OUT
     a facediff checkpoint's EMA weights in fp16 with its configs, without the optimiser state
     and the raw weights: a quarter of the size, for sampling and figures elsewhere
@@ -22,7 +23,7 @@ FALLBACK_STEPS = 3000
 
 
 def planned_steps(
-    bench: dict[str, Any], model: str, seconds: float, batch: int, share: float = 0.6,
+    bench: dict[str, Any], model: str, seconds: float, batch: int, share: float = 1.0,
     startup: float = 60.0, bounds: tuple[int, int] = (500, 50_000),
 ) -> int:  # fmt: skip
     """Steps of `batch` images that `share` of the model's best measured img/s fits in `seconds`

@@ -151,7 +151,7 @@ train)
     start
     if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
     TRAIN_SECONDS=$(($(left) - EVAL_RESERVE))
-    if [ "$STEPS" = auto ]; then # what the bench measured, at 60% for Lightning, data and figures
+    if [ "$STEPS" = auto ]; then # from the bench's rate (benchmarks/gpu_session.py)
         STEPS=$("$PY" -m benchmarks.gpu_session steps outputs/gpu_session_work/bench/bench_all.json \
             --model "${TRAIN_MODEL}" --seconds "$TRAIN_SECONDS" --batch "$TRAIN_BATCH")
     fi

@@ -60,3 +60,21 @@ def test_sample_grid_skips_cadence_points_beyond_its_share_but_draws_the_final(t
     assert "final.png" in names, names
     assert "sample_grid: skipped at epoch" in caplog.text
     assert "3 skipped" in caplog.text
+
+
+def test_figures_sample_with_cudnn_autotuning_off_and_restore_it():
+    import torch
+
+    from facediff.lightning.callbacks import without_cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True  # conf/trainer/gpu.yaml's setting
+        with without_cudnn_autotune():
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+        with pytest.raises(RuntimeError), without_cudnn_autotune():
+            raise RuntimeError("a failed figure")
+        assert torch.backends.cudnn.benchmark is True  # restored on errors too
+    finally:
+        torch.backends.cudnn.benchmark = before

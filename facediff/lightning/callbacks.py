@@ -6,7 +6,8 @@ import logging
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,22 @@ def module_generator(pl_module: L.LightningModule) -> Generator:
         pl_module.hparams.image_size,
         device=pl_module.device,
     )  # sets eval(); callers restore train mode where it matters
+
+
+@contextmanager
+def without_cudnn_autotune() -> Iterator[None]:
+    """Turn cuDNN's autotuner (`trainer.benchmark=true`, conf/trainer/gpu.yaml) off for a while.
+
+    The autotuner times every convolution algorithm at each new input shape: it pays for
+    training's one batch shape, not for the figures' and metrics' one-off batch sizes (on an H100
+    the first network call at the figures' batch size took 3.5 s, the final figures 51 s).
+    """
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def as_settings(sampling: Mapping[str, Any] | SamplingSettings, name: str) -> SamplingSettings:
@@ -92,13 +109,14 @@ class EMAValidationCallback(Callback, ABC):
         was_training = pl_module.training
         pl_module.eval()
         on_gpu = x.device.type == "cuda"  # CUDA runs asynchronously: time it synchronised
-        if on_gpu:
-            torch.cuda.synchronize(x.device)
-        begin = time.perf_counter()
         with torch.no_grad():
+            pl_module.net(x, t, y)  # untimed: a first call at a new shape pays one-off costs
+            if on_gpu:
+                torch.cuda.synchronize(x.device)
+            begin = time.perf_counter()
             pl_module.net(x, t, y)
-        if on_gpu:
-            torch.cuda.synchronize(x.device)
+            if on_gpu:
+                torch.cuda.synchronize(x.device)
         seconds = time.perf_counter() - begin
         pl_module.train(was_training)
         return seconds * self.sampling.steps
@@ -123,7 +141,7 @@ class EMAValidationCallback(Callback, ABC):
         share = self.time_share
         if share.share is not None and share.calls == 0 and share.last_cost == 0.0:
             # Before the first capped call: estimate it here, on the device it will run on.
-            with self.time_share.charge(one_off=True):
+            with self.time_share.charge(one_off=True), without_cudnn_autotune():
                 estimate = self.estimate_call(pl_module)
             self.time_share.last_cost = estimate
         if not trainer.strategy.broadcast(self.time_share.allows(), src=0):
@@ -133,7 +151,7 @@ class EMAValidationCallback(Callback, ABC):
                 self.name, trainer.current_epoch, self.time_share.share, self.time_share.summary(),
             )  # fmt: skip
             return
-        with self.time_share.charge():
+        with self.time_share.charge(), without_cudnn_autotune():
             self.on_ema_validation(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -184,7 +202,7 @@ class SampleGrid(EMAValidationCallback):
         # last validation already drew them (same step, same noise), copy its files instead.
         # The final figures are the run's result: always written (and counted in its share).
         last = self._last_written
-        with self.time_share.charge():
+        with self.time_share.charge(), without_cudnn_autotune():
             if last is not None and last[0] == trainer.global_step:
                 self._copy_as_final(Path(trainer.default_root_dir) / self.dirname, last[1])
             else:
