@@ -52,7 +52,8 @@ def measure(model: str, size: int, batch: int, precision: str, grad_ckpt: bool) 
     from benchmarks.common import pick_device
 
     device = pick_device()
-    mmap_large_buffers()
+    if device.type == "cpu":  # RSS only; CUDA's own counter needs no help from the heap
+        mmap_large_buffers()
     step = TrainStep(TrainCase(model, precision, grad_ckpt=grad_ckpt), size, batch, device)
     step()
     step.opt.zero_grad(set_to_none=True)

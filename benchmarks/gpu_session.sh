@@ -8,9 +8,12 @@
 #       (both git-ignored: UTKFace is never committed; it must stay under the 64 MiB a call carries)
 #   there, with the device tool's run (carry [".whl", ".gpu_data"]), one after the other:
 #       OUT=$OUT/bench BUDGET=230 bash benchmarks/gpu_session.sh bench
-#           issue 8's GPU rows: every network interleaved; unet_attn and the peer at a GPU-sized
-#           batch (switches, share of peak, memory, sampling); where a step's time goes
-#           (benchmarks/profile_step.py); torch.compile last, as its compiling takes longest
+#           issue 8's GPU rows: every network interleaved; where a step's time goes
+#           (benchmarks/profile_step.py); torch.compile; unet_attn and the peer at a GPU-sized
+#           batch (share of peak, memory, sampling)
+#       OUT=$OUT/cpu BUDGET=200 bash benchmarks/gpu_session.sh cpu
+#           the machine's host CPU on 2 threads (the H100's has AMX): precision auto's choice there,
+#           fp32 against bf16 autocast for unet_attn, the peer and unet at CPU_BATCH
 #       OUT=$OUT/train BUDGET=330 bash benchmarks/gpu_session.sh train auto|STEPS
 #           utkface64 (16-mixed) for STEPS steps (auto: as many as the bench's measured rate fits
 #           in the budget) on the carried faces (the demo data without them), evaluate.py on its
@@ -29,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODE=${1:?"usage: gpu_session.sh fetch [UTKFACE_DIR] | bench | train STEPS"}
+MODE=${1:?"usage: gpu_session.sh fetch [UTKFACE_DIR] | bench | cpu | train auto|STEPS"}
 OUT=${OUT:-outputs/gpu_session}
 WORK=outputs/gpu_session_work/$MODE
 PY=${PY:-python3}
@@ -43,8 +46,10 @@ WARMUP=${WARMUP:-2}
 PRECISIONS=${PRECISIONS:-bf16,fp16}
 MODELS=${MODELS:-unet_attn,diffusers_unet2d,original,unet}
 BIG_MODELS=${BIG_MODELS:-unet_attn,diffusers_unet2d} # the first one also gets the switches
-VARIANTS=${VARIANTS:-channels_last}
-COMPILE=${COMPILE:-1}       # 1: last, the first big model with and without torch.compile
+VARIANTS=${VARIANTS:-none}  # channels_last cost 20% on the H100 (run 15)
+COMPILE=${COMPILE:-1}       # 1: the first big model with and without torch.compile, at BATCH
+CPU_THREADS=${CPU_THREADS:-2} CPU_BATCH=${CPU_BATCH:-8} CPU_REPS=${CPU_REPS:-3}
+CPU_MODELS=${CPU_MODELS:-unet_attn,diffusers_unet2d,unet}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
 EVAL_N=${EVAL_N:-300}                 # evaluate.py's samples per group after `train`
 EVAL_RESERVE=${EVAL_RESERVE:-120}     # seconds of BUDGET kept for evaluate.py and packing
@@ -119,8 +124,20 @@ bench)
         --precisions "$PRECISIONS" --variants none --size "$SIZE" --batch "$BATCH" \
         --reps "$REPS" --warmup "$WARMUP" --peak-n "$PEAK_N" --json "$WORK/bench_all.json" 2>&1 |
         tee "$WORK/bench_all.md" || true
-    # 2. a GPU-sized batch: the switches, the share of peak, memory, sampling
     FIRST=${BIG_MODELS%%,*}
+    # 2. what bounds it: the step's time by kind of kernel, and the GPU's idle share
+    timeout "$(left)" "$PY" -m benchmarks.profile_step --model "$FIRST" --size "$SIZE" \
+        --batch "$BIG_BATCH" --precision "${PRECISIONS%%,*}" --json "$WORK/profile.json" 2>&1 |
+        tee "$WORK/profile.md" || true
+    # 3. torch.compile at the interleaved run's batch, where the host bounded the step (run 15)
+    if [ "$COMPILE" = 1 ]; then
+        timeout "$(left)" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
+            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" --variants compile \
+            --size "$SIZE" --batch "$BATCH" --reps "$REPS" --warmup "$WARMUP" \
+            --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
+            tee "$WORK/bench_compile.md" || true
+    fi
+    # 4. a GPU-sized batch: the share of peak, the switches, memory (in-process on CUDA), sampling
     timeout "$(left)" "$PY" -m benchmarks.bench --only peak,train,memory,sample \
         --models "$BIG_MODELS" --variant-models "$FIRST" --precisions "$PRECISIONS" \
         --variants "$VARIANTS" --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" \
@@ -128,19 +145,20 @@ bench)
         --mem-precision "${PRECISIONS%%,*}" --sample-models "$FIRST" \
         --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 |
         tee "$WORK/bench_big.md" || true
-    # 3. what bounds it: the step's time by kind of kernel, and the GPU's idle share
-    timeout "$(left)" "$PY" -m benchmarks.profile_step --model "$FIRST" --size "$SIZE" \
-        --batch "$BIG_BATCH" --precision "${PRECISIONS%%,*}" --json "$WORK/profile.json" 2>&1 |
-        tee "$WORK/profile.md" || true
-    # 4. torch.compile, whose compiling takes longest: with what time is left
-    if [ "$COMPILE" = 1 ]; then
-        timeout "$(left)" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
-            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" --variants compile \
-            --size "$SIZE" --batch "$BIG_BATCH" --reps "$REPS" --warmup "$WARMUP" \
-            --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
-            tee "$WORK/bench_compile.md" || true
-    fi
     awk 'FNR == 1 {p = 0} /^## /{p = /^## (Ratios|Training|Where|Peak memory|Sampling)/} p' "$WORK"/*.md >>"$WORK/summary.md"
+    ;;
+cpu)
+    start
+    # the GPU machine's host CPU (on the H100 of run 15: a Xeon with AMX), on 2 threads like the
+    # project's CPU target: what precision auto picks there, and fp32 against bf16 autocast
+    "$PY" -c "from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+print(cpu_model(), '-> precision auto:', *cpu_auto_precision(cpu_flags()))" 2>&1 |
+        tee -a "$WORK/summary.md"
+    timeout "$(left)" "$PY" -m benchmarks.bench --device cpu --threads "$CPU_THREADS" \
+        --only peak,train --models "$CPU_MODELS" --precisions fp32,bf16 --variants none \
+        --size "$SIZE" --batch "$CPU_BATCH" --reps "$CPU_REPS" --warmup 1 --peak-n 2048 \
+        --json "$WORK/bench_cpu.json" 2>&1 | tee "$WORK/bench_cpu.md" || true
+    awk 'FNR == 1 {p = 0} /^## /{p = /^## (Ratios|Training|Matmul)/} p' "$WORK"/bench_cpu.md >>"$WORK/summary.md"
     ;;
 train)
     STEPS=${2:?"usage: gpu_session.sh train auto|STEPS"}
@@ -181,7 +199,7 @@ train)
     fi
     ;;
 *)
-    echo "unknown mode $MODE: use fetch, bench or train" >&2
+    echo "unknown mode $MODE: use fetch, bench, cpu or train" >&2
     exit 2
     ;;
 esac
