@@ -9,7 +9,10 @@ backward, clipping, AdamW, EMA) a few times under the profiler and prints, per s
   well under 100% means the GPU waits for the Python/launch side (launch-bound, not compute-bound);
 - the busy time split into kinds: convolution and matmul, attention, normalisation, optimiser and
   EMA (the multi-tensor `_foreach` kernels), layout copies, and the rest (elementwise);
-- the slowest individual kernels (or CPU ops, on a CPU).
+- the slowest individual kernels (or CPU ops, on a CPU);
+- the host's work: how many ATen operators the forward and backward dispatch (top-level calls,
+  one Python-to-kernel round each). Where the GPU waits for the host, the step's time follows
+  this count, not the FLOPs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,20 @@ def kind_of(name: str) -> str:
         if pattern.search(name):
             return kind
     return "elementwise+other"
+
+
+def count_ops(step: TrainStep) -> Counter[str]:
+    """Top-level ATen operators (not those called inside another operator) of one forward and
+    backward: what the host dispatches one by one in eager mode."""
+    step.opt.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step.loss().backward()
+    ops: Counter[str] = Counter()
+    for evt in prof.events():
+        parent = evt.cpu_parent
+        if evt.name.startswith("aten::") and not (parent and parent.name.startswith("aten::")):
+            ops[evt.name] += 1
+    return ops
 
 
 def profile_step(
@@ -74,12 +92,14 @@ def profile_step(
     for name, ms in times.items():
         kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + ms
     top = sorted(times.items(), key=lambda kv: -kv[1])[:12]
+    ops = count_ops(step)
     return {
         "case": case.key, "size": step.size, "batch": batch, "device": str(device),
         "wall_ms": 1e3 * wall / steps, "busy_ms": busy,
         "busy_share": busy / (1e3 * wall / steps),
         "kinds_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
         "top": [{"name": n[:120], "ms": ms} for n, ms in top],
+        "fwd_bwd_ops": sum(ops.values()), "top_ops": dict(ops.most_common(8)),
     }  # fmt: skip
 
 
@@ -94,6 +114,9 @@ def print_profile(r: dict[str, Any]) -> None:
     print("\n| slowest | ms/step |\n|---|---|")
     for t in r["top"]:
         print(f"| {t['name'][:90]} | {t['ms']:.2f} |")
+    common = ", ".join(f"{name} {n}" for name, n in r["top_ops"].items())
+    print(f"\nHost work: {r['fwd_bwd_ops']} top-level ATen operators in forward + backward "
+          f"({common}, ...)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
