@@ -107,6 +107,7 @@ def test_profile_step_splits_a_step_into_kinds(tmp_path: Path, capsys):
     assert json.loads(out.read_text())["case"] == "unet_tiny/fp32"
     assert r["busy_ms"] > 0 and 0 < r["busy_share"] <= 1.5  # CPU: ops can overlap the timer
     assert r["kinds_ms"]["conv+matmul"] > 0
-    assert r["fwd_bwd_ops"] > 100 and r["top_ops"]["aten::conv2d"] > 5  # unet_tiny's 3x3 convs
+    assert r["fwd_bwd_ops"] > 100 and len(r["top_ops"]) == 8  # the 8 most frequent operators
+    assert sum(r["top_ops"].values()) <= r["fwd_bwd_ops"]
     assert abs(sum(r["kinds_ms"].values()) - r["busy_ms"]) < 1e-6
     assert "Where a step's time goes" in capsys.readouterr().out
