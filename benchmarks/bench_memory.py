@@ -1,4 +1,5 @@
-"""Peak memory of one training step, with and without gradient checkpointing, in a subprocess.
+"""Peak memory of one training step, with and without gradient checkpointing (on a CPU in a
+subprocess, on CUDA in-process: bench.py decides).
 
 On CUDA: `torch.cuda.max_memory_allocated()` during the step, above what was allocated before it.
 On a CPU: peak RSS growth. The child sets glibc's mmap threshold to 64 KiB (mallopt), so every

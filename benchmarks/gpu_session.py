@@ -2,12 +2,13 @@
 
 python -m benchmarks.gpu_session steps BENCH_JSON --model unet_attn --seconds 200 --batch 64
     how many training steps fit in `seconds`, from the bench's measured rate of the model (its
-    fastest mixed precision) after a minute of start-up; 3000 when the bench has no such row.
-    On an H100 the bench's batch-32 rate (343 img/s, host-bound) was below what Lightning
-    reached at batch 64 (545 img/s), so the plan is on the safe side
+    fastest mixed precision) after a minute of start-up; without such a row, from the 8.5
+    steps/s an H100 trained utkface64 at (BENCHMARKS.md, run 15). On that H100 the bench's
+    batch-32 rate (343 img/s, host-bound) was below what Lightning reached at batch 64 (545
+    img/s), so the plan is on the safe side. At least 100 steps, whatever the budget
 python -m benchmarks.gpu_session slim CKPT OUT
     a facediff checkpoint's EMA weights in fp16 with its configs, without the optimiser state
-    and the raw weights: a quarter of the size, for sampling and figures elsewhere
+    and the raw weights: an eighth of the size, for sampling and figures elsewhere
 """
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ from typing import Any
 
 import torch
 
-FALLBACK_STEPS = 3000
+FALLBACK_STEPS_PER_S = 8.5  # utkface64 on one H100, batch 64 (BENCHMARKS.md, run 15)
 
 
 def planned_steps(
     bench: dict[str, Any], model: str, seconds: float, batch: int, share: float = 1.0,
-    startup: float = 60.0, bounds: tuple[int, int] = (500, 50_000),
+    startup: float = 60.0, bounds: tuple[int, int] = (100, 50_000),
 ) -> int:  # fmt: skip
     """Steps of `batch` images that `share` of the model's best measured img/s fits in `seconds`
-    after `startup` seconds (Lightning, the data index, the evaluation classifier)."""
+    after `startup` seconds (Lightning, the data index, the evaluation classifier); clamped to
+    `bounds`, so the lower bound can exceed a very short budget."""
     rates = [
         r["img_per_s"]["median"]
         for r in bench.get("train", {}).values()
         if r.get("model") == model and r.get("precision") != "fp32" and "img_per_s" in r
         and not (r.get("compile") or r.get("grad_ckpt"))
     ]  # fmt: skip
-    if not rates:
-        return FALLBACK_STEPS
-    steps = int(share * max(rates) * max(seconds - startup, 0.0) / batch)
+    steps_per_s = share * max(rates) / batch if rates else FALLBACK_STEPS_PER_S
+    steps = int(steps_per_s * max(seconds - startup, 0.0))
     return min(max(steps, bounds[0]), bounds[1])
 
 

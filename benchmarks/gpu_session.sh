@@ -7,7 +7,7 @@
 #       importlib_metadata) -> .whl/; with UTKFACE_DIR, a copy of those faces -> .gpu_data/utkface
 #       (both git-ignored: UTKFace is never committed; it must stay under the 64 MiB a call carries)
 #   there, with the device tool's run (carry [".whl", ".gpu_data"]), one after the other:
-#       OUT=$OUT/bench BUDGET=230 bash benchmarks/gpu_session.sh bench
+#       OUT=$OUT/bench BUDGET=240 bash benchmarks/gpu_session.sh bench
 #           issue 8's GPU rows: every network interleaved; where a step's time goes
 #           (benchmarks/profile_step.py); torch.compile; unet_attn and the peer at a GPU-sized
 #           batch (share of peak, memory, sampling)
@@ -80,7 +80,7 @@ lightning.__version__, 'cuda', torch.cuda.is_available())"
 pack() { # on every exit, a failed step included: what was measured still comes back
     mkdir -p "$OUT"
     cp "$WORK/summary.md" "$OUT/summary.md" 2>/dev/null || true
-    tar -czf "$OUT/results.tar.gz" --exclude=samples.pt -C "$WORK" .
+    tar -czf "$OUT/results.tar.gz" --exclude=samples.pt --exclude=ema.ckpt -C "$WORK" .
     echo "results: $OUT/results.tar.gz ($(du -h "$OUT/results.tar.gz" | cut -f1))"
 }
 
@@ -145,7 +145,12 @@ bench)
         --mem-precision "${PRECISIONS%%,*}" --sample-models "$FIRST" \
         --sample-batch "$BIG_BATCH" --json "$WORK/bench_big.json" 2>&1 |
         tee "$WORK/bench_big.md" || true
-    awk 'FNR == 1 {p = 0} /^## /{p = /^## (Ratios|Training|Where|Peak memory|Sampling)/} p' "$WORK"/*.md >>"$WORK/summary.md"
+    for f in bench_all profile bench_compile bench_big; do # never summary.md: awk appends there
+        if [ -f "$WORK/$f.md" ]; then
+            awk '/^## /{p = /^## (Ratios|Training|Where|Peak memory|Sampling)/} p' "$WORK/$f.md" \
+                >>"$WORK/summary.md"
+        fi
+    done
     ;;
 cpu)
     start
@@ -153,12 +158,14 @@ cpu)
     # project's CPU target: what precision auto picks there, and fp32 against bf16 autocast
     "$PY" -c "from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
 print(cpu_model(), '-> precision auto:', *cpu_auto_precision(cpu_flags()))" 2>&1 |
-        tee -a "$WORK/summary.md"
+        tee -a "$WORK/summary.md" || true
     timeout "$(left)" "$PY" -m benchmarks.bench --device cpu --threads "$CPU_THREADS" \
         --only peak,train --models "$CPU_MODELS" --precisions fp32,bf16 --variants none \
         --size "$SIZE" --batch "$CPU_BATCH" --reps "$CPU_REPS" --warmup 1 --peak-n 2048 \
         --json "$WORK/bench_cpu.json" 2>&1 | tee "$WORK/bench_cpu.md" || true
-    awk 'FNR == 1 {p = 0} /^## /{p = /^## (Ratios|Training|Matmul)/} p' "$WORK"/bench_cpu.md >>"$WORK/summary.md"
+    if [ -f "$WORK/bench_cpu.md" ]; then
+        awk '/^## /{p = /^## (Ratios|Training|Matmul)/} p' "$WORK/bench_cpu.md" >>"$WORK/summary.md"
+    fi
     ;;
 train)
     STEPS=${2:?"usage: gpu_session.sh train auto|STEPS"}
@@ -169,6 +176,11 @@ train)
     start
     if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
     TRAIN_SECONDS=$(($(left) - EVAL_RESERVE))
+    if ((TRAIN_SECONDS < 60)); then
+        echo "BUDGET leaves $TRAIN_SECONDS s for training after EVAL_RESERVE=$EVAL_RESERVE s:" \
+            "give it at least EVAL_RESERVE + 60" >&2
+        exit 2
+    fi
     if [ "$STEPS" = auto ]; then # from the bench's rate (benchmarks/gpu_session.py)
         STEPS=$("$PY" -m benchmarks.gpu_session steps outputs/gpu_session_work/bench/bench_all.json \
             --model "${TRAIN_MODEL}" --seconds "$TRAIN_SECONDS" --batch "$TRAIN_BATCH")
@@ -193,9 +205,11 @@ train)
     cat "$WORK/evaluate/report.md" >>"$WORK/summary.md" 2>/dev/null || true
     # the EMA weights in fp16 (optimiser and raw weights left behind) in parts a call brings back
     if [ -f "$RUN/checkpoints/last.ckpt" ]; then
-        "$PY" -m benchmarks.gpu_session slim "$RUN/checkpoints/last.ckpt" "$WORK/ema.ckpt" &&
-            mkdir -p "$OUT" && split -b 16000000 -d "$WORK/ema.ckpt" "$OUT/ema_fp16.ckpt.part" &&
-            rm "$WORK/ema.ckpt"
+        timeout -k 10 "$(left)" "$PY" -m benchmarks.gpu_session slim \
+            "$RUN/checkpoints/last.ckpt" "$WORK/ema.ckpt" &&
+            mkdir -p "$OUT" && split -b 16000000 -d "$WORK/ema.ckpt" "$OUT/ema_fp16.ckpt.part" ||
+            echo "no EMA parts: the slim checkpoint or its split failed" >&2
+        rm -f "$WORK/ema.ckpt"
     fi
     ;;
 *)

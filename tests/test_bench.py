@@ -97,6 +97,8 @@ def test_profile_step_splits_a_step_into_kinds(tmp_path: Path, capsys):
     assert profile_step.kind_of("pytorch_flash::flash_fwd_kernel") == "attention"
     assert profile_step.kind_of("multi_tensor_apply_kernel<Adam>") == "optimiser+EMA"
     assert profile_step.kind_of("aten::native_group_norm_backward") == "normalisation"
+    assert profile_step.kind_of("ComputeFusedParamsCUDAKernel<float>") == "normalisation"
+    assert profile_step.kind_of("direct_copy_kernel_cuda") == "copy/cast"
     assert profile_step.kind_of("vectorized_elementwise_kernel<silu>") == "elementwise+other"
 
     out = tmp_path / "profile.json"
@@ -105,9 +107,36 @@ def test_profile_step_splits_a_step_into_kinds(tmp_path: Path, capsys):
          "--steps", "1", "--device", "cpu", "--json", str(out)]
     )  # fmt: skip
     assert json.loads(out.read_text())["case"] == "unet_tiny/fp32"
-    assert r["busy_ms"] > 0 and 0 < r["busy_share"] <= 1.5  # CPU: ops can overlap the timer
+    assert r["busy_ms"] > 0 and 0 < r["busy_share"] <= 2  # CPU: two timed loops, noisy
     assert r["kinds_ms"]["conv+matmul"] > 0
     assert r["fwd_bwd_ops"] > 100 and len(r["top_ops"]) == 8  # the 8 most frequent operators
     assert sum(r["top_ops"].values()) <= r["fwd_bwd_ops"]
     assert abs(sum(r["kinds_ms"].values()) - r["busy_ms"]) < 1e-6
     assert "Where a step's time goes" in capsys.readouterr().out
+
+
+def test_gpu_session_plans_steps_from_the_bench_and_slims_a_checkpoint(
+    tmp_path: Path, tiny_checkpoint: Path
+):
+    import torch
+
+    from benchmarks.gpu_session import FALLBACK_STEPS_PER_S, planned_steps, slim_checkpoint
+    from facediff.inference.generator import Generator
+
+    row = {"model": "unet_attn", "precision": "bf16", "img_per_s": {"median": 640.0}}
+    fp32 = {"model": "unet_attn", "precision": "fp32", "img_per_s": {"median": 6400.0}}
+    bench = {"train": {"unet_attn/bf16": row, "unet_attn/fp32": fp32}}
+    assert planned_steps(bench, "unet_attn", seconds=160, batch=64) == 1000  # 10 steps/s x 100 s
+    assert planned_steps({}, "unet_attn", seconds=160, batch=64) == int(100 * FALLBACK_STEPS_PER_S)
+    assert planned_steps(bench, "unet_attn", seconds=30, batch=64) == 100  # the lower bound
+
+    slim = tmp_path / "slim.ckpt"
+    slim_checkpoint(tiny_checkpoint, slim)
+    saved = torch.load(slim, weights_only=True)
+    assert "optimizer_states" not in saved and saved["current_model_state"] == {}
+    assert all(
+        v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point()
+    )
+    full, small = Generator.from_checkpoint(tiny_checkpoint), Generator.from_checkpoint(slim)
+    for a, b in zip(full.net.state_dict().values(), small.net.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)  # fp16 rounding only

@@ -46,8 +46,9 @@ def without_cudnn_autotune() -> Iterator[None]:
     """Turn cuDNN's autotuner (`trainer.benchmark=true`, conf/trainer/gpu.yaml) off for a while.
 
     The autotuner times every convolution algorithm at each new input shape: it pays for
-    training's one batch shape, not for the figures' and metrics' one-off batch sizes (on an H100
-    the first network call at the figures' batch size took 3.5 s, the final figures 51 s).
+    training's one batch shape, not for the figures' and metrics' one-off batch sizes. On an
+    H100 the first network call at the figures' batch size took 3.5 s and the final figures 51 s;
+    the autotuner is the likely cause, not a profiled one (BENCHMARKS.md, run 15).
     """
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
@@ -110,8 +111,8 @@ class EMAValidationCallback(Callback, ABC):
         pl_module.eval()
         on_gpu = x.device.type == "cuda"  # CUDA runs asynchronously: time it synchronised
         with torch.no_grad():
-            pl_module.net(x, t, y)  # untimed: a first call at a new shape pays one-off costs
-            if on_gpu:
+            if on_gpu:  # untimed: a first call at a new shape pays one-off costs there
+                pl_module.net(x, t, y)
                 torch.cuda.synchronize(x.device)
             begin = time.perf_counter()
             pl_module.net(x, t, y)
