@@ -4,15 +4,19 @@
 AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`). Without them oneDNN emulates bf16 with fp32
 instructions plus conversions; measured on a Xeon with AVX-512 but neither flag, a 2048^3
 matmul ran about 5x slower in bf16 than in fp32, and on an AVX2-only AMD EPYC whole training
-steps ran 13x slower (BENCHMARKS.md). So those CPUs keep fp32.
+steps ran 13x slower (BENCHMARKS.md). So those CPUs keep fp32. Where the units are there,
+bf16 is chosen only if a probe step (`autocast_probe`, about a second) measures it faster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import statistics
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 BF16_MATRIX_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_MARGIN = 0.9  # bf16 is chosen when its probe step takes under 90% of fp32's
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -40,12 +44,55 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return "unknown CPU"
 
 
-def cpu_auto_precision(flags: Iterable[str]) -> tuple[str, str]:
-    """(Lightning precision, reason) for `precision: auto` on a CPU with these flags."""
+def autocast_probe(reps: int = 3) -> tuple[float, float]:
+    """Median seconds of one small training step in fp32 and under bf16 autocast (forward and
+    backward of two 64-channel 3x3 convolutions with GroupNorm and SiLU, batch 8 at 32x32),
+    interleaved after a warm-up round: whether bf16 pays on this CPU, in about a second."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(32, 64), nn.SiLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+    )  # fmt: skip
+    x = torch.randn(8, 64, 32, 32, generator=gen)
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        return time.perf_counter() - start
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(reps + 1):
+        for bf16 in (False, True):
+            seconds = step(bf16)
+            if round_:  # round 0 warms up
+                times[bf16].append(seconds)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
+def cpu_auto_precision(
+    flags: Iterable[str], probe: Callable[[], tuple[float, float]] | None = None
+) -> tuple[str, str]:
+    """(Lightning precision, reason) for `precision: auto` on a CPU with these flags.
+
+    Without native bf16 matrix units: fp32, no probe. With them: bf16-mixed, unless `probe`
+    (seconds of a step in fp32 and in bf16, e.g. `autocast_probe`) says bf16 is not faster.
+    """
     have = [f for f in BF16_MATRIX_FLAGS if f in set(flags)]
-    if have:
-        return "bf16-mixed", f"the CPU has native bf16 matrix units ({', '.join(have)})"
-    return "32-true", (
-        "the CPU has no native bf16 matrix units (neither amx_bf16 nor avx512_bf16), where "
-        "bf16 autocast is emulated and slower than fp32"
-    )
+    if not have:
+        return "32-true", (
+            "the CPU has no native bf16 matrix units (neither amx_bf16 nor avx512_bf16), where "
+            "bf16 autocast is emulated and slower than fp32"
+        )
+    units = f"the CPU has native bf16 matrix units ({', '.join(have)})"
+    if probe is None:
+        return "bf16-mixed", units
+    fp32_s, bf16_s = probe()
+    measured = f"a probe step took {1e3 * fp32_s:.1f} ms in fp32, {1e3 * bf16_s:.1f} ms in bf16"
+    if bf16_s < BF16_MARGIN * fp32_s:
+        return "bf16-mixed", f"{units} and {measured}"
+    return "32-true", f"{units}, but {measured}: bf16 is not at least 10% faster here"

@@ -1,4 +1,4 @@
-"""precision: auto on a CPU, decided from the CPU's flags."""
+"""precision: auto on a CPU, decided from the CPU's flags and, where they allow bf16, a probe."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import facediff.lightning.training as training
-from facediff.hardware import cpu_auto_precision, cpu_flags, cpu_model
+from facediff.hardware import autocast_probe, cpu_auto_precision, cpu_flags, cpu_model
 
 XEON_NO_BF16 = "fpu sse avx2 fma avx512f avx512bw avx512_vnni"
 SAPPHIRE_RAPIDS = XEON_NO_BF16 + " avx512_bf16 amx_tile amx_bf16 amx_int8"
@@ -52,8 +52,25 @@ def test_resolve_precision_auto_on_cpu_logs_choice(
     flags: str, expected: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(training, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(training, "autocast_probe", lambda: (0.010, 0.004))  # bf16 2.5x faster
     with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
         assert training.resolve_precision("auto", "cpu") == expected
     assert expected in caplog.text and "native bf16" in caplog.text
     assert training.resolve_precision("32-true", "cpu") == "32-true"  # explicit wins
     assert training.resolve_precision("auto", "gpu") == "16-mixed"
+
+
+def test_bf16_needs_the_units_and_a_faster_probe() -> None:
+    def never() -> tuple[float, float]:
+        raise AssertionError("no probe without native bf16 units")
+
+    assert cpu_auto_precision(EPYC_AVX2.split(), probe=never)[0] == "32-true"
+    precision, reason = cpu_auto_precision(SAPPHIRE_RAPIDS.split(), probe=lambda: (0.010, 0.004))
+    assert precision == "bf16-mixed" and "10.0 ms in fp32, 4.0 ms in bf16" in reason
+    precision, reason = cpu_auto_precision(COOPER_LAKE.split(), probe=lambda: (0.010, 0.0095))
+    assert precision == "32-true" and "not at least 10% faster" in reason  # 5% is noise
+
+
+def test_autocast_probe_times_both_precisions() -> None:
+    fp32_s, bf16_s = autocast_probe(reps=1)
+    assert 0 < fp32_s < 10 and 0 < bf16_s < 10
