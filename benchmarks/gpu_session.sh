@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 8 and 9, prepared for a lent GPU machine that has no network, so that
-# its few minutes go to measuring. Three steps, each a mode of this script:
+# its few minutes go to measuring. Four modes of this script:
 #
 #   here, once:  bash benchmarks/gpu_session.sh fetch [UTKFACE_DIR]
 #       wheels of what the GPU image lacks (hydra-core, omegaconf, antlr4, diffusers,
