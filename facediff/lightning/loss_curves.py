@@ -48,8 +48,10 @@ def plot_loss_curves(history: dict[str, Any], path: Path) -> None:
     steps, losses = history["train_steps"], history["train_loss"]
     if steps:
         ax_train.plot(steps, losses, color="0.75", lw=0.6, label="train/loss (per step)")
-        window = max(1, len(losses) // 50)
-        ax_train.plot(steps, moving_average(losses, window), color="C0", label=f"mean of {window}")
+        window = len(losses) // 50
+        if window > 1:  # a short run has too few points to smooth: its raw curve says it all
+            smooth = moving_average(losses, window)
+            ax_train.plot(steps, smooth, color="C0", label=f"mean of {window}")
     val = history["val"]
     if val:
         ax_train.plot([v["step"] for v in val], [v["loss"] for v in val], "o-", color="C3",
