@@ -25,7 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).parents[1]
 SECTIONS = ("peak", "train", "memory", "data", "sample")
-VARIANTS = ("channels_last", "grad_ckpt", "compile")
+VARIANTS = ("channels_last", "grad_ckpt", "compile", "compile_graphs")
+DEFAULT_VARIANTS = VARIANTS[:3]  # compile_graphs (CUDA graphs) only pays on a GPU: ask for it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections, from {SECTIONS}")
     p.add_argument("--models", default="original,unet_attn,unet,unet_tiny,diffusers_unet2d")
     p.add_argument("--precisions", default="all", help="fp32,bf16,fp16 or all the device offers")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"{VARIANTS} or none")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"{VARIANTS} or none")
     p.add_argument("--variant-models", default="unet_attn", help="models the variants run for")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)

@@ -8,6 +8,7 @@ machine hits all cases alike; each case reports the median and the spread (min, 
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# environment variables that cap the instruction set of oneDNN, ATen's kernels and MKL
+ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -112,6 +115,8 @@ def cpu_info() -> dict[str, Any]:
         "flags": [f for f in relevant if f in flags],
         "missing": [f for f in relevant if f not in flags],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # set to emulate an older instruction set on this CPU (BENCHMARKS.md, run 16)
+        "isa_limits": {k: os.environ[k] for k in ISA_LIMIT_VARS if os.environ.get(k)},
     }
 
 
@@ -130,8 +135,11 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> str:
     cpu = info["cpu"]
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
+    limits = " ".join(f"{k}={v}" for k, v in cpu.get("isa_limits", {}).items())
+    kernels = f"; kernels {cpu['torch_cpu_capability']}"
+    kernels += f", limited by {limits}" if limits else ""
     return (
         f"{cpu['model']} ({cpu['cores']} threads, flags {' '.join(cpu['flags']) or 'none'}; "
-        f"no {' '.join(cpu['missing']) or '-'}){gpu}; torch {info['torch']}; "
+        f"no {' '.join(cpu['missing']) or '-'}{kernels}){gpu}; torch {info['torch']}; "
         f"load average at start {' '.join(info.get('loadavg_at_start', []))}"
     )

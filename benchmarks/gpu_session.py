@@ -34,7 +34,7 @@ def planned_steps(
         r["img_per_s"]["median"]
         for r in bench.get("train", {}).values()
         if r.get("model") == model and r.get("precision") != "fp32" and "img_per_s" in r
-        and not (r.get("compile") or r.get("grad_ckpt"))
+        and not (r.get("compile") or r.get("compile_graphs") or r.get("grad_ckpt"))
     ]  # fmt: skip
     steps_per_s = share * max(rates) / batch if rates else FALLBACK_STEPS_PER_S
     steps = int(steps_per_s * max(seconds - startup, 0.0))

@@ -9,8 +9,8 @@
 #   there, with the device tool's run (carry [".whl", ".gpu_data"]), one after the other:
 #       OUT=$OUT/bench BUDGET=240 bash benchmarks/gpu_session.sh bench
 #           issue 8's GPU rows: every network interleaved; where a step's time goes
-#           (benchmarks/profile_step.py); torch.compile; unet_attn and the peer at a GPU-sized
-#           batch (share of peak, memory, sampling)
+#           (benchmarks/profile_step.py); torch.compile, plain and with CUDA graphs; unet_attn
+#           and the peer at a GPU-sized batch (share of peak, memory, sampling)
 #       OUT=$OUT/cpu BUDGET=200 bash benchmarks/gpu_session.sh cpu
 #           the machine's host CPU on 2 threads (the H100's has AMX): precision auto's choice there,
 #           fp32 against bf16 autocast for unet_attn, the peer and unet at CPU_BATCH
@@ -129,12 +129,13 @@ bench)
     timeout "$(left)" "$PY" -m benchmarks.profile_step --model "$FIRST" --size "$SIZE" \
         --batch "$BIG_BATCH" --precision "${PRECISIONS%%,*}" --json "$WORK/profile.json" 2>&1 |
         tee "$WORK/profile.md" || true
-    # 3. torch.compile at the interleaved run's batch, where the host bounded the step (run 15)
+    # 3. torch.compile, plain and with CUDA graphs, at the interleaved run's batch, where the
+    #    host bounded the step (run 15)
     if [ "$COMPILE" = 1 ]; then
         timeout "$(left)" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
-            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" --variants compile \
-            --size "$SIZE" --batch "$BATCH" --reps "$REPS" --warmup "$WARMUP" \
-            --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
+            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" \
+            --variants compile,compile_graphs --size "$SIZE" --batch "$BATCH" --reps "$REPS" \
+            --warmup "$WARMUP" --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
             tee "$WORK/bench_compile.md" || true
     fi
     # 4. a GPU-sized batch: the share of peak, the switches, memory (in-process on CUDA), sampling

@@ -140,3 +140,21 @@ def test_gpu_session_plans_steps_from_the_bench_and_slims_a_checkpoint(
     full, small = Generator.from_checkpoint(tiny_checkpoint), Generator.from_checkpoint(slim)
     for a, b in zip(full.net.state_dict().values(), small.net.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)  # fp16 rounding only
+
+
+def test_case_keys_and_instruction_set_limits_are_named(monkeypatch):
+    import torch
+
+    from benchmarks.bench_train import TrainCase
+    from benchmarks.common import ISA_LIMIT_VARS, describe, device_info
+
+    case = TrainCase("unet_attn", "bf16", compile_graphs=True)
+    assert case.key == "unet_attn/bf16/compile+graphs"
+    for var in ISA_LIMIT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert "limited by" not in describe(device_info(torch.device("cpu")))
+    # an emulated older CPU (BENCHMARKS.md, run 16) must not read as the full one
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = device_info(torch.device("cpu"))
+    assert info["cpu"]["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert "limited by ONEDNN_MAX_CPU_ISA=AVX2" in describe(info)
