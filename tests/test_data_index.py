@@ -136,3 +136,21 @@ def test_resolve_duplicates_policy() -> None:
 def test_first_copy_by_name_is_kept() -> None:
     kept = resolve_duplicates(["z", "m", "a"], [1, 1, 1], ["h", "h", "h"])
     assert kept.keep == [2]
+
+
+def test_decoding_leaves_the_global_random_stream_alone(tmp_path: Path, write_image) -> None:
+    """A training run draws its noise from the global stream after the index is built: a cache
+    miss (decoding) and a cache hit must leave it in the same state, or a run's result would
+    depend on whether its data had been indexed before."""
+    from facediff.evaluation.images import iter_images
+
+    root = tmp_path / "imgs"
+    for i in range(3):
+        write_image(root / f"ok{i}.jpg", seed=i)
+    state = torch.get_rng_state()
+    index = build_index(root, "folder", _relpaths(root), cache_dir=tmp_path / "c", load_size=16)
+    assert not index.from_cache
+    assert torch.equal(torch.get_rng_state(), state)
+    dataset = torch.utils.data.TensorDataset(torch.zeros(3, 3, 4, 4), torch.zeros(3))
+    assert len(list(iter_images(dataset, batch_size=2))) == 2
+    assert torch.equal(torch.get_rng_state(), state)

@@ -78,3 +78,39 @@ def test_figures_sample_with_cudnn_autotuning_off_and_restore_it():
         assert torch.backends.cudnn.benchmark is True  # restored on errors too
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+EVAL_METRICS_EVERY_EPOCH = (
+    "callbacks.eval_metrics={_target_: facediff.lightning.eval_callback.EvalMetrics,"
+    " cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 2, kid_subset_size: 2,"
+    " max_time_share: null, classifier: {epochs: 1, lr: 1.0e-3, widths: [8, 16], seed: 0},"
+    " sampling: {sampler: dpmpp, steps: 2, guidance: 1.0, eta: 1.0, seed: 0, spacing: trailing}}"
+)
+
+
+@pytest.mark.parametrize(
+    "callbacks",
+    [
+        # the time cap estimates the first call (a network evaluation on random input), then skips
+        ("callbacks.sample_grid.every_n_epochs=1", "callbacks.sample_grid.max_time_share=0.001"),
+        # the evaluation classifier is trained at the start (it reseeds torch) and metrics sampled
+        ("callbacks.sample_grid=null", EVAL_METRICS_EVERY_EPOCH),
+    ],
+    ids=["capped-figures", "eval-metrics"],
+)
+def test_callbacks_never_change_the_training_runs_random_draws(tiny_cfg, callbacks):
+    import torch
+
+    from facediff.checkpoint import load_checkpoint
+
+    def weights(*overrides: str, name: str) -> dict[str, torch.Tensor]:
+        cfg = tiny_cfg("trainer.max_epochs=2", *overrides, name=name)
+        run(cfg)
+        ckpt = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+        return ckpt["current_model_state"]
+
+    plain = weights("callbacks.sample_grid=null", name="plain")
+    with_callbacks = weights(*callbacks, name="with_callbacks")
+    assert plain.keys() == with_callbacks.keys()
+    for key in plain:
+        assert torch.equal(plain[key], with_callbacks[key]), key

@@ -98,6 +98,9 @@ def decode_files(
         batch_size=64,
         num_workers=num_workers,
         collate_fn=_collate,
+        # every DataLoader iterator draws a seed; from its own generator it leaves the global
+        # stream alone, so a training run does not depend on whether its index was cached
+        generator=torch.Generator(),
     )
     start = last_log = time.monotonic()
     if n >= PARALLEL_THRESHOLD:

@@ -10,8 +10,10 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def iter_images(dataset: Dataset, batch_size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches (images (B,3,H,W) in [0, 1], labels (B,)) of a [-1, 1] dataset, in order."""
-    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    """Batches (images (B,3,H,W) in [0, 1], labels (B,)) of a [-1, 1] dataset, in order.
+    The loader's own generator keeps its seed draw off the global stream that training uses."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    for images, labels in loader:
         yield images.add(1).div(2), labels
 
 

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
 from facediff import tensor_figures as figures
@@ -56,6 +57,22 @@ def without_cudnn_autotune() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+@contextmanager
+def callback_work(time_share: TimeShare, one_off: bool = False) -> Iterator[None]:
+    """A training-time callback's own work: charged to its time share, with cuDNN's autotuner
+    off, and with the global random streams (torch, CUDA, numpy, random) restored afterwards.
+
+    Figures and metrics draw their noise from their own seeds, but their set-up does not: the
+    evaluation classifier reseeds torch, its data loader and the time estimate draw from the
+    global stream. Without the isolation, whether a cadence point runs (which the time cap
+    decides from wall-clock times) or a classifier was cached would change the training run's
+    later random draws, and so its result.
+    """
+    cuda = torch.cuda.is_initialized()  # never initialise CUDA in a CPU run just to save its state
+    with time_share.charge(one_off), without_cudnn_autotune(), isolate_rng(include_cuda=cuda):
+        yield
 
 
 def as_settings(sampling: Mapping[str, Any] | SamplingSettings, name: str) -> SamplingSettings:
@@ -142,7 +159,7 @@ class EMAValidationCallback(Callback, ABC):
         share = self.time_share
         if share.share is not None and share.calls == 0 and share.last_cost == 0.0:
             # Before the first capped call: estimate it here, on the device it will run on.
-            with self.time_share.charge(one_off=True), without_cudnn_autotune():
+            with callback_work(self.time_share, one_off=True):
                 estimate = self.estimate_call(pl_module)
             self.time_share.last_cost = estimate
         if not trainer.strategy.broadcast(self.time_share.allows(), src=0):
@@ -152,7 +169,7 @@ class EMAValidationCallback(Callback, ABC):
                 self.name, trainer.current_epoch, self.time_share.share, self.time_share.summary(),
             )  # fmt: skip
             return
-        with self.time_share.charge(), without_cudnn_autotune():
+        with callback_work(self.time_share):
             self.on_ema_validation(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -203,7 +220,7 @@ class SampleGrid(EMAValidationCallback):
         # last validation already drew them (same step, same noise), copy its files instead.
         # The final figures are the run's result: always written (and counted in its share).
         last = self._last_written
-        with self.time_share.charge(), without_cudnn_autotune():
+        with callback_work(self.time_share):
             if last is not None and last[0] == trainer.global_step:
                 self._copy_as_final(Path(trainer.default_root_dir) / self.dirname, last[1])
             else:

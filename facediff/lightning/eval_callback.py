@@ -26,7 +26,12 @@ from facediff.diffusion.settings import SamplingSettings
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
 from facediff.evaluation.images import iter_images
-from facediff.lightning.callbacks import EMAValidationCallback, as_settings, module_generator
+from facediff.lightning.callbacks import (
+    EMAValidationCallback,
+    as_settings,
+    callback_work,
+    module_generator,
+)
 from facediff.lightning.rank_sync import rank_zero_first
 from facediff.lightning.time_share import TimeShare
 
@@ -74,7 +79,7 @@ class EvalMetrics(EMAValidationCallback):
         super().setup(trainer, pl_module, stage)  # sampling steps against T, before any work
         if stage != "fit" or self.clf is not None:
             return
-        with self.time_share.charge(one_off=True):
+        with callback_work(self.time_share, one_off=True):
             self._prepare(trainer, pl_module)
 
     def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
