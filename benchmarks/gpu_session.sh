@@ -47,7 +47,7 @@ PRECISIONS=${PRECISIONS:-bf16,fp16}
 MODELS=${MODELS:-unet_attn,diffusers_unet2d,original,unet}
 BIG_MODELS=${BIG_MODELS:-unet_attn,diffusers_unet2d} # the first one also gets the switches
 VARIANTS=${VARIANTS:-none}  # channels_last cost 20% on the H100 (run 15)
-COMPILE=${COMPILE:-1}       # 1: the first big model with and without torch.compile, at BATCH
+COMPILE=${COMPILE:-1}       # 1: the first big model plain, compiled and compiled with CUDA graphs
 CPU_THREADS=${CPU_THREADS:-2} CPU_BATCH=${CPU_BATCH:-8} CPU_REPS=${CPU_REPS:-3}
 CPU_MODELS=${CPU_MODELS:-unet_attn,diffusers_unet2d,unet}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
@@ -131,8 +131,8 @@ bench)
         tee "$WORK/profile.md" || true
     # 3. torch.compile, plain and with CUDA graphs, at the interleaved run's batch, where the
     #    host bounded the step (run 15)
-    if [ "$COMPILE" = 1 ]; then
-        timeout "$(left)" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
+    if [ "$COMPILE" = 1 ]; then # two compiles: at most half of what is left, step 4 keeps the rest
+        timeout "$(($(left) / 2 + 1))" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
             --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" \
             --variants compile,compile_graphs --size "$SIZE" --batch "$BATCH" --reps "$REPS" \
             --warmup "$WARMUP" --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |

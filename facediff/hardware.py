@@ -52,10 +52,12 @@ def autocast_probe(reps: int = 3) -> tuple[float, float]:
     from torch import nn
 
     gen = torch.Generator().manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(32, 64), nn.SiLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
-    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # the layers' init leaves training's stream alone
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(32, 64), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+        )  # fmt: skip
     x = torch.randn(8, 64, 32, 32, generator=gen)
 
     def step(bf16: bool) -> float:

@@ -72,5 +72,9 @@ def test_bf16_needs_the_units_and_a_faster_probe() -> None:
 
 
 def test_autocast_probe_times_both_precisions() -> None:
+    import torch
+
+    state = torch.get_rng_state()  # it runs after seed_everything: training's stream is untouched
     fp32_s, bf16_s = autocast_probe(reps=1)
     assert 0 < fp32_s < 10 and 0 < bf16_s < 10
+    assert torch.equal(torch.get_rng_state(), state)

@@ -62,7 +62,8 @@ def without_cudnn_autotune() -> Iterator[None]:
 @contextmanager
 def callback_work(time_share: TimeShare, one_off: bool = False) -> Iterator[None]:
     """A training-time callback's own work: charged to its time share, with cuDNN's autotuner
-    off, and with the global random streams (torch, CUDA, numpy, random) restored afterwards.
+    off, and with the global random streams (torch, CUDA, numpy, random) restored when it ends
+    (Lightning's `isolate_rng`; an exception that escapes ends the fit anyway).
 
     Figures and metrics draw their noise from their own seeds, but their set-up does not: the
     evaluation classifier reseeds torch, its data loader and the time estimate draw from the
