@@ -48,6 +48,8 @@ MODELS=${MODELS:-unet_attn,diffusers_unet2d,original,unet}
 BIG_MODELS=${BIG_MODELS:-unet_attn,diffusers_unet2d} # the first one also gets the switches
 VARIANTS=${VARIANTS:-none}  # channels_last cost 20% on the H100 (run 15)
 COMPILE=${COMPILE:-1}       # 1: the first big model plain, compiled and compiled with CUDA graphs
+COMPILE_MODELS=${COMPILE_MODELS:-${BIG_MODELS%%,*}} # e.g. unet_attn,diffusers_unet2d: both compiled
+COMPILE_VARIANTS=${COMPILE_VARIANTS:-compile,compile_graphs}
 CPU_THREADS=${CPU_THREADS:-2} CPU_BATCH=${CPU_BATCH:-8} CPU_REPS=${CPU_REPS:-3}
 CPU_MODELS=${CPU_MODELS:-unet_attn,diffusers_unet2d,unet}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-} # extra Hydra overrides for `train`, e.g. trainer=cpu
@@ -132,9 +134,10 @@ bench)
     # 3. torch.compile, plain and with CUDA graphs, at the interleaved run's batch, where the
     #    host bounded the step (run 15)
     if [ "$COMPILE" = 1 ]; then # two compiles: at most half of what is left, step 4 keeps the rest
-        timeout "$(($(left) / 2 + 1))" "$PY" -m benchmarks.bench --only train --models "$FIRST" \
-            --variant-models "$FIRST" --precisions "${PRECISIONS%%,*}" \
-            --variants compile,compile_graphs --size "$SIZE" --batch "$BATCH" --reps "$REPS" \
+        timeout "$(($(left) / 2 + 1))" "$PY" -m benchmarks.bench --only train \
+            --models "$COMPILE_MODELS" --variant-models "$COMPILE_MODELS" \
+            --precisions "${PRECISIONS%%,*}" --variants "$COMPILE_VARIANTS" --size "$SIZE" \
+            --batch "$BATCH" --reps "$REPS" \
             --warmup "$WARMUP" --peak-n "$PEAK_N" --json "$WORK/bench_compile.json" 2>&1 |
             tee "$WORK/bench_compile.md" || true
     fi

@@ -30,6 +30,7 @@ from facediff.diffusion.settings import SAMPLERS, SPACINGS, SamplingSettings
 
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
               "transformer-engine", "32", "16", "64", "bf16", 32, 16, 64)  # fmt: skip
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # What facediff logs in training (besides val_t/* and test_t/*); monitors and sweeps pick these.
 TRAIN_METRICS = ("val/loss", "train/loss", "train/loss_step", "train/loss_epoch",
@@ -205,6 +206,7 @@ def check_train_config(cfg: DictConfig) -> None:
     c.integer("module.val_seed", 0)
     c.choice("module.channels_last", (True, False))
     c.choice("module.compile", (True, False))
+    c.choice("module.compile_mode", COMPILE_MODES)
 
     c.choice("trainer.precision", PRECISIONS)
     c.integer("trainer.max_epochs", -1, null=True)

@@ -18,14 +18,18 @@ def test_compiled_channels_last_run_checkpoints_resumes_and_samples(tiny_cfg, mo
     plain_compile = torch.nn.Module.compile
 
     def eager_compile(self: torch.nn.Module, **kwargs: object) -> None:
-        compiled.append(type(self).__name__)
+        compiled.append((type(self).__name__, kwargs.get("mode")))
         plain_compile(self, backend="eager")
 
     monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
-    switches = ("module.channels_last=true", "module.compile=true", "callbacks.sample_grid=null")
+    switches = (
+        "module.channels_last=true", "module.compile=true", "module.compile_mode=reduce-overhead",
+        "callbacks.sample_grid=null",
+    )  # fmt: skip
     cfg = tiny_cfg("trainer.max_steps=3", "trainer.max_epochs=3", *switches)
     run(cfg)
     assert compiled, "module.compile=true did not compile the network"
+    assert {mode for _, mode in compiled} == {"reduce-overhead"}, compiled
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(last)
     keys = list(ckpt["state_dict"])

@@ -41,6 +41,8 @@ class DiffusionModule(L.LightningModule):
             memory format (speed only; the checkpoint's weights load either way).
         compile: compile the network in place with `nn.Module.compile` (state_dict keys stay
             those of the plain network: no `_orig_mod.` prefix reaches checkpoints or the EMA).
+        compile_mode: torch.compile's mode when `compile` is on (None: its default;
+            "reduce-overhead" adds CUDA graphs, which cut the host's per-operator cost on a GPU).
         optimizer: params -> optimizer, built by train.py from the composed config (conf/).
             Not a hyper-parameter: it is never saved, so a module rebuilt from a checkpoint's
             stored hparams has none and cannot train until one is given.
@@ -59,6 +61,7 @@ class DiffusionModule(L.LightningModule):
         data: dict[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str | None = None,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
@@ -71,7 +74,7 @@ class DiffusionModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if compile:
-            self.net.compile()
+            self.net.compile(mode=compile_mode)
         self.schedule, self.objective = build_diffusion(diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
