@@ -16,7 +16,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state_dict) that normalises a bf16 / fp16 channels_last
+    input in fp32 on a CPU: torch's CPU kernel for that case, with fp32 affine weights as under
+    autocast, is slow (the CPU recipe's step: 1.16x faster this way on a Xeon with AMX,
+    BENCHMARKS.md run 19). Every other input takes nn.GroupNorm's own path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        slow_case = (
+            x.device.type == "cpu"
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        )
+        if not slow_case:
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            w, b = (None if p is None else p.float() for p in (self.weight, self.bias))
+            out = F.group_norm(x.float(), self.num_groups, w, b, self.eps)
+        return out.to(x.dtype)
+
+
+def group_norm(channels: int, groups: int) -> GroupNorm:
     """GroupNorm with ``min(groups, channels)`` groups, failing loudly if they do not divide."""
     g = min(groups, channels)
     if channels % g != 0:
@@ -25,7 +46,7 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
             f"divides every feature width of the network (including the decoder's concatenated "
             f"skip widths), e.g. a power of two no larger than base_channels"
         )
-    return nn.GroupNorm(g, channels, eps=1e-6)
+    return GroupNorm(g, channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -107,6 +128,20 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v by ``F.scaled_dot_product_attention``; (B, heads, L, d) each.
+
+    On a CPU it runs in fp32 whatever the autocast dtype: the fused CPU kernel is up to 7.6x
+    slower in bf16 than in fp32 at 64 tokens and no faster at 1,024 (forward + backward, on a
+    Xeon with AMX: BENCHMARKS.md run 19), while the casts cost little. On a GPU autocast decides.
+    """
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return out.to(q.dtype)
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H*W pixels of a feature map, with a residual.
 
@@ -141,7 +176,7 @@ class AttentionBlock(nn.Module):
         qkv = F.linear(tokens, self.qkv.weight.view(3 * C, C), self.qkv.bias)  # (B, L, 3C)
         q, k, v = qkv.view(B, L, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.capture is None:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+            out = attention(q, k, v)  # (B, heads, L, d)
         else:
             s = d**-0.25  # split 1/sqrt(d) over q and k: keeps fp16 logits from overflowing
             logits = (q * s) @ (k * s).transpose(-1, -2)  # (B, heads, L, L)
