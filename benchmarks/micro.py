@@ -8,6 +8,9 @@
 - step: a whole unet_attn training step with the old and the new attention forward.
 - ops: what bf16 autocast costs on this CPU, op by op: a 3x3 convolution and GroupNorm, in
   contiguous and channels_last layouts, and a matmul, each in fp32 and bf16.
+- lowp: facediff's CPU bf16 paths against torch's own kernels ("before"): attention (SDPA) in
+  fp32 inside bf16 autocast, GroupNorm of a bf16 channels_last input in fp32, and the
+  utkface_cpu recipe's whole training step (32x32, batch 64, bf16, channels_last) with both.
 """
 
 from __future__ import annotations
@@ -108,9 +111,60 @@ def op_cases(batch: int) -> dict[str, Callable[[], None]]:
     return cases
 
 
+def torch_kernels_step(step: Callable[[], None]) -> Callable[[], None]:
+    """Run `step` with torch's own bf16 kernels: SDPA under autocast, nn.GroupNorm.forward."""
+    import torch
+    import torch.nn.functional as F
+
+    import facediff.models.layers as layers
+
+    def run() -> None:
+        fast_attention, fast_norm = layers.attention, layers.GroupNorm.forward
+        layers.attention = F.scaled_dot_product_attention  # type: ignore[assignment]
+        layers.GroupNorm.forward = torch.nn.GroupNorm.forward  # type: ignore[method-assign]
+        try:
+            step()
+        finally:
+            layers.attention, layers.GroupNorm.forward = fast_attention, fast_norm  # type: ignore[method-assign]
+
+    return run
+
+
+def lowp_cases() -> dict[str, Callable[[], None]]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks.bench_train import TrainCase, TrainStep
+    from facediff.models.layers import GroupNorm, attention
+
+    bf16, cases = torch.bfloat16, {}
+    torch.manual_seed(0)
+    for batch, tokens, d in ((64, 64, 16), (16, 64, 64), (16, 256, 48), (16, 1024, 32)):
+        q, k, v = (torch.randn(batch, 4, tokens, d).to(bf16).requires_grad_() for _ in range(3))
+        key = f"attention B{batch} L{tokens} d{d} bf16"
+        cases[f"{key} before"] = fwd_bwd(
+            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), "bf16"
+        )
+        cases[f"{key} after"] = fwd_bwd(lambda q=q, k=k, v=v: attention(q, k, v), "bf16")
+    for batch, ch, res in ((64, 32, 32), (64, 64, 16), (16, 64, 64), (16, 128, 32)):
+        x = torch.randn(batch, ch, res, res).to(bf16, memory_format=torch.channels_last)
+        x.requires_grad_()
+        old, new = nn.GroupNorm(8, ch), GroupNorm(8, ch)
+        key = f"groupnorm B{batch} C{ch} {res}px bf16 channels_last"
+        cases[f"{key} before"] = fwd_bwd(lambda x=x, m=old: m(x), "bf16")
+        cases[f"{key} after"] = fwd_bwd(lambda x=x, m=new: m(x), "bf16")
+    case = TrainCase("utkface_cpu", "bf16", channels_last=True)
+    device = torch.device("cpu")
+    key = "utkface_cpu step 32px batch 64 bf16 channels_last"
+    cases[f"{key} before"] = torch_kernels_step(TrainStep(case, 32, 64, device))
+    cases[f"{key} after"] = TrainStep(case, 32, 64, device)
+    return cases
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(description="facediff micro-benchmarks")
-    p.add_argument("--only", default="attention,step,ops")
+    p.add_argument("--only", default="attention,step,ops", help="any of attention,step,ops,lowp")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
@@ -130,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         cases |= step_cases(args.batch, args.size)
     if "ops" in only:
         cases |= op_cases(args.batch)
+    if "lowp" in only:
+        cases |= lowp_cases()
     times = interleave(cases, args.reps, args.warmup, torch.device("cpu"))
     cpu = cpu_info()
     print(f"# {cpu['model']}, flags {' '.join(cpu['flags'])}; no {' '.join(cpu['missing'])}")

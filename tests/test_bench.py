@@ -158,3 +158,24 @@ def test_case_keys_and_instruction_set_limits_are_named(monkeypatch):
     info = device_info(torch.device("cpu"))
     assert info["cpu"]["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert "limited by ONEDNN_MAX_CPU_ISA=AVX2" in describe(info)
+
+
+def test_micro_before_case_uses_torch_kernels_and_restores_them() -> None:
+    import pytest
+    import torch.nn.functional as F
+    from torch import nn
+
+    import facediff.models.layers as layers
+    from benchmarks.micro import torch_kernels_step
+
+    seen = []
+
+    def step() -> None:
+        seen.append((layers.attention, layers.GroupNorm.forward))
+        raise RuntimeError("step failed")
+
+    fast = (layers.attention, layers.GroupNorm.forward)
+    with pytest.raises(RuntimeError, match="step failed"):
+        torch_kernels_step(step)()
+    assert seen == [(F.scaled_dot_product_attention, nn.GroupNorm.forward)]
+    assert (layers.attention, layers.GroupNorm.forward) == fast
