@@ -74,12 +74,14 @@ def finish_loggers(loggers: list[Logger]) -> None:
             continue
         import wandb
 
-        run = wandb.run
+        # The logger's own run, not only the global one: finishing another (an earlier job's run
+        # left open) would leave this run's records unflushed. Lightning keeps it in _experiment.
+        run = getattr(logger, "_experiment", None) or wandb.run
         if run is None:
             continue
         run_dir = os.path.dirname(run.dir)
         offline = run.settings.mode in ("offline", "dryrun")
-        wandb.finish()
+        run.finish()
         if offline:
             log.info("W&B offline run saved; upload it with: wandb sync %s", run_dir)
 
