@@ -163,6 +163,7 @@ TINY = (
     "trainer.max_epochs=1",
     "trainer.check_val_every_n_epoch=1",
     "trainer.accelerator=cpu",
+    "trainer.precision=32-true",  # the demo's auto would pick bf16 on an AMX CPU: keep tests fp32
     "trainer.enable_progress_bar=false",
     "callbacks.model_summary=null",
     "callbacks.ema.start_step=0",

@@ -45,6 +45,7 @@ TINY_CLI = (
     "data.num_workers=0",
     "model.channel_mult=[1,2]",
     "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
     "trainer.check_val_every_n_epoch=1",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
