@@ -131,9 +131,10 @@ class ResBlock(nn.Module):
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d)) v by ``F.scaled_dot_product_attention``; (B, heads, L, d) each.
 
-    On a CPU it runs in fp32 whatever the autocast dtype: the fused CPU kernel is up to 7.6x
-    slower in bf16 than in fp32 at 64 tokens and no faster at 1,024 (forward + backward, on a
-    Xeon with AMX: BENCHMARKS.md run 19), while the casts cost little. On a GPU autocast decides.
+    On a CPU it runs in fp32 whatever the autocast dtype: torch's fused CPU kernel is slow in
+    bf16, and this path, casts included, is 4.6x faster at 64 tokens and 1.07x at 1,024
+    (forward + backward on a Xeon with AMX, `python -m benchmarks.micro --only lowp`,
+    BENCHMARKS.md run 19). On a GPU autocast decides.
     """
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v)
