@@ -19,7 +19,8 @@ from torch import Tensor, nn
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters and state_dict) that normalises a bf16 / fp16 channels_last
     input in fp32 on a CPU: torch's CPU kernel for that case, with fp32 affine weights as under
-    autocast, is slow (the CPU recipe's step: 1.16x faster this way on a Xeon with AMX,
+    autocast, is slow: this path is 1.47x-1.56x faster for the CPU recipe's shapes on a Xeon with
+    AMX, though 0.65x for 128 channels in 8 groups (`python -m benchmarks.micro --only lowp`,
     BENCHMARKS.md run 19). Every other input takes nn.GroupNorm's own path."""
 
     def forward(self, x: Tensor) -> Tensor:
