@@ -65,6 +65,18 @@ def test_attention_levels_times_every_layout(capsys):
     assert "steps/s" in printed and "channels_last" in printed
 
 
+def test_attention_levels_times_a_model_config_at_given_layouts(capsys):
+    from benchmarks import attention_levels
+
+    results = attention_levels.main(
+        ["--network", "unet_attn", "--base-channels", "16", "--size", "16", "--batch", "2",
+         "--precision", "bf16", "--layout", "8", "4", "--layout", "--reps", "1", "--warmup", "0"]
+    )  # fmt: skip
+    assert set(results) == {"attention at 8, 4", "no attention"}
+    printed = capsys.readouterr().out
+    assert "widths [16, 32, 48, 64]" in printed and "bf16" in printed
+
+
 def test_recipe_networks_are_built_as_their_experiments_set_them():
     from benchmarks.models import build_model, facediff_model_config, model_size, num_parameters
 
