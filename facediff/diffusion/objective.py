@@ -15,12 +15,12 @@ conf/diffusion/*.yaml config into the schedule and the objective.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from facediff.diffusion.schedule import NoiseSchedule, gather
 
@@ -119,7 +119,7 @@ def drop_labels(
 
 
 def diffusion_loss(
-    net: nn.Module,
+    net: Callable[[Tensor, Tensor, Tensor], Tensor],
     schedule: NoiseSchedule,
     objective: Objective,
     x0: Tensor,

@@ -39,8 +39,9 @@ class DiffusionModule(L.LightningModule):
             so that it scores the model against the test split the model never saw).
         channels_last: keep the network's weights and the training batches in channels_last
             memory format (speed only; the checkpoint's weights load either way).
-        compile: compile the network in place with `nn.Module.compile` (state_dict keys stay
-            those of the plain network: no `_orig_mod.` prefix reaches checkpoints or the EMA).
+        compile: `torch.compile` the network's forward for the training step only (validation
+            and sampling run it eager; state_dict keys stay those of the plain network: no
+            `_orig_mod.` prefix reaches checkpoints or the EMA).
         compile_mode: torch.compile's mode when `compile` is on (None: its default;
             "reduce-overhead" adds CUDA graphs, which cut the host's per-operator cost on a GPU).
         optimizer: params -> optimizer, built by train.py from the composed config (conf/).
@@ -73,8 +74,12 @@ class DiffusionModule(L.LightningModule):
         self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        if compile:
-            self.net.compile(mode=compile_mode)
+        # Only the training step's forward is compiled: validation (eval mode, its own batch) and
+        # the sampler (no grad, the sampler's batch) would each compile graphs of their own (one
+        # compiled sample grid took 124 s against 18 s eager, BENCHMARKS.md run 19), so they run
+        # the plain network. A compiled *function* is no submodule: the state_dict, the EMA copy
+        # and checkpoints never see `_orig_mod.` keys.
+        self.train_forward = torch.compile(self.net.forward, mode=compile_mode) if compile else None
         self.schedule, self.objective = build_diffusion(diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
@@ -89,9 +94,9 @@ class DiffusionModule(L.LightningModule):
         x0 = x0.contiguous(memory_format=self.memory_format)
         y = drop_labels(y, self.hparams.p_uncond, null_id=self.num_classes)
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=self.device)
-        loss = diffusion_loss(
-            self.net, self.schedule, self.objective, x0, y, t, torch.randn_like(x0)
-        ).mean()
+        net = self.train_forward or self.net
+        loss = diffusion_loss(net, self.schedule, self.objective, x0, y, t, torch.randn_like(x0))
+        loss = loss.mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
