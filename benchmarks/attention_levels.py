@@ -22,19 +22,9 @@ import torch
 from torch import nn
 
 from benchmarks.common import autocast, describe, device_info, interleave, pick_device, summarize
+from benchmarks.models import facediff_model_config
 from facediff.models.registry import build_model
 
-RECIPE = {
-    "name": "unet",
-    "base_channels": 32,
-    "channel_mult": [1, 2, 2, 2],
-    "num_res_blocks": 2,
-    "attn_heads": 4,
-    "dropout": 0.0,
-    "groups": 8,
-    "grad_checkpoint": False,
-    "attn_resolutions": [8],
-}
 LAYOUTS = {"attention at 8 (the recipe)": [8], "+ 16": [16, 8], "+ 32": [32, 8]}
 
 
@@ -66,13 +56,9 @@ def training_step(
 
 
 def network_config(network: str, base_channels: int | None) -> dict[str, Any]:
-    """The network's model settings: the CPU recipe's, or conf/model/<network>.yaml's."""
-    if network == "utkface_cpu":
-        cfg = dict(RECIPE)
-    else:
-        from benchmarks.models import facediff_model_config
-
-        cfg = facediff_model_config(network)
+    """The network's model settings as train.py composes them (conf/experiment/<network>.yaml
+    for a recipe such as utkface_cpu, else conf/model/<network>.yaml), widths optionally scaled."""
+    cfg = facediff_model_config(network)
     if base_channels is not None:
         cfg["base_channels"] = base_channels
         cfg["groups"] = min(cfg["groups"], base_channels // 4)  # 8 groups at base 32
