@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -196,7 +197,9 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
 
 def wandb_records(path: Path):
     """The protobuf records of an offline .wandb file (a LevelDB-style log of 32 KiB blocks
-    after a 7-byte W&B header; chunk types 1 full, 2 first, 3 middle, 4 last)."""
+    after a 7-byte W&B header; chunk types 1 full, 2 first, 3 middle, 4 last). A file still
+    being written (W&B's service buffers it until the run's stream closes) yields the records
+    complete so far."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -206,12 +209,30 @@ def wandb_records(path: Path):
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a chunk not yet written out
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(buf)
             yield record
+
+
+def wandb_history_keys(path: Path, want: set[str], timeout: float = 60.0) -> set[str]:
+    """The metric keys of an offline run's history, read until they hold `want` or `timeout`
+    seconds pass: `run.finish()` can return before W&B's service has flushed the file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        keys = {
+            i.key or "/".join(i.nested_key)
+            for r in wandb_records(path)
+            if r.WhichOneof("record_type") == "history"
+            for i in r.history.item
+        }
+        if want <= keys or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("labels", ["race3", "race5"])
