@@ -1,6 +1,6 @@
 """The networks the benchmark compares: facediff's model configs (conf/model/*.yaml, composed as
 train.py composes them), the networks of the recipes (conf/experiment/*.yaml: `utkface_cpu`,
-`demo`) and diffusers' UNet2DModel laid out like `unet_attn`.
+`demo`) and diffusers' UNet2DModel laid out like `unet_attn` (read from its config).
 
 diffusers is optional (the `bench` extra in pyproject.toml); without it the peer is skipped with
 a note. Every network is wrapped to facediff's interface `net(x, t, y)`.
@@ -34,28 +34,32 @@ def model_size(name: str, size: int) -> int:
 
 
 class DiffusersUNet(nn.Module):
-    """diffusers' UNet2DModel as `unet_attn`: widths 64/128/192/256, two ResNet blocks per level,
-    self-attention at the three lower levels (32, 16, 8 px at 64x64) and in the middle block,
-    a class embedding with one extra row (the null class), 32-channel attention heads, and
-    `unet_attn`'s dropout in every ResNet block (on a CPU its random masks cost ~5% of a step)."""
+    """diffusers' UNet2DModel laid out like a facediff UNet config (`unet_attn`'s in the
+    benchmark): its widths, ResNet blocks per level, GroupNorm groups and dropout (on a CPU the
+    random masks cost ~5% of a step), self-attention at the same pixel resolutions (and in the
+    middle block where the lowest resolution has it), a class embedding with one extra row (the
+    null class) and 32-channel attention heads."""
 
-    def __init__(self, image_size: int, num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, image_size: int, num_classes: int, cfg: dict[str, Any]) -> None:
         super().__init__()
         from diffusers import UNet2DModel
 
         self.image_size, self.num_classes = image_size, num_classes
+        widths = tuple(cfg["base_channels"] * m for m in cfg["channel_mult"])
+        attn = [image_size // 2**level in cfg["attn_resolutions"] for level in range(len(widths))]
         self.net = UNet2DModel(
             sample_size=image_size,
             in_channels=3,
             out_channels=3,
-            block_out_channels=(64, 128, 192, 256),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", *["AttnDownBlock2D"] * 3),
-            up_block_types=(*["AttnUpBlock2D"] * 3, "UpBlock2D"),
+            block_out_channels=widths,
+            layers_per_block=cfg["num_res_blocks"],
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]),
+            add_attention=attn[-1],
             attention_head_dim=32,
             num_class_embeds=num_classes + 1,
-            norm_num_groups=32,
-            dropout=dropout,
+            norm_num_groups=cfg["groups"],
+            dropout=cfg["dropout"],
         )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
@@ -86,8 +90,8 @@ def build_model(name: str, image_size: int, num_classes: int = 3) -> nn.Module:
     if name == PEER:
         if not have_diffusers():
             raise ModuleNotFoundError("diffusers is not installed (pip install -e .[bench])")
-        dropout = facediff_model_config("unet_attn")["dropout"]  # the layout it is matched to
-        return DiffusersUNet(image_size, num_classes, dropout).train()
+        matched = facediff_model_config("unet_attn")  # the layout it is matched to
+        return DiffusersUNet(image_size, num_classes, matched).train()
     if name not in (*FACEDIFF_MODELS, *RECIPE_MODELS):
         raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
     from facediff.models.registry import build_model as build_registered

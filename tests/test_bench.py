@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import bench
 
 
@@ -84,6 +86,24 @@ def test_recipe_networks_are_built_as_their_experiments_set_them():
     assert cfg["base_channels"] == 32 and cfg["attn_resolutions"] == [8]
     assert model_size("utkface_cpu", 64) == 32
     assert 2.0e6 < num_parameters(build_model("utkface_cpu", 32)) < 3.0e6  # the 2.4M recipe UNet
+
+
+def test_peer_is_laid_out_like_the_config_it_is_matched_to():
+    pytest.importorskip("diffusers")  # the optional `bench` extra
+    import torch
+
+    from benchmarks.models import DiffusersUNet
+
+    cfg = dict(base_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8],
+               groups=8, dropout=0.0)  # fmt: skip
+    peer = DiffusersUNet(16, 3, cfg)  # levels at 16, 8 and 4 px: attention at the middle one
+    assert [type(b).__name__ for b in peer.net.down_blocks] == [
+        "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]  # fmt: skip
+    assert [type(b).__name__ for b in peer.net.up_blocks] == [
+        "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]  # fmt: skip
+    assert peer.net.mid_block.attentions[0] is None  # 4 px has none, as in facediff's UNet
+    out = peer(torch.randn(2, 3, 16, 16), torch.tensor([3, 7]), torch.tensor([0, 3]))
+    assert out.shape == (2, 3, 16, 16)
 
 
 def test_copy_test_benchmark_catches_exact_and_mirrored_copies(tmp_path: Path, capsys):

@@ -20,8 +20,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_short_fit_for_each_model_config(tiny_cfg):
-    # Full widths and depths of each config (at 32x32, so that unet_attn's attention at 32, 16 and
-    # 8 px exists) and one validation batch: seconds, not minutes; figures are tested elsewhere.
+    # Full widths and depths of each config (at 32x32, so that unet_attn's attention at 16 and 8 px
+    # exists) and one validation batch: seconds, not minutes; figures are tested elsewhere.
     quick = ["data.batch_size=2", "trainer.limit_val_batches=1", "callbacks.sample_grid=null"]
     for model in ("unet_tiny", "unet", "unet_attn"):
         levels = (
@@ -219,17 +219,20 @@ def wandb_records(path: Path):
             yield record
 
 
-def wandb_history_keys(path: Path, want: set[str], timeout: float = 60.0) -> set[str]:
-    """The metric keys of an offline run's history, read until they hold `want` or `timeout`
-    seconds pass: `run.finish()` can return before W&B's service has flushed the file."""
+def wandb_metric_keys(
+    path: Path, want: set[str], kinds: tuple[str, ...] = ("history",), timeout: float = 60.0
+) -> set[str]:
+    """The metric keys in an offline run's records of `kinds` ("history", "summary"), read until
+    they hold `want` or `timeout` seconds pass: `run.finish()` can return before W&B's service
+    has flushed the file."""
     deadline = time.monotonic() + timeout
     while True:
-        keys = {
-            i.key or "/".join(i.nested_key)
-            for r in wandb_records(path)
-            if r.WhichOneof("record_type") == "history"
-            for i in r.history.item
-        }
+        keys = set()
+        for r in wandb_records(path):
+            kind = r.WhichOneof("record_type")
+            if kind in kinds:
+                items = r.history.item if kind == "history" else r.summary.update
+                keys |= {i.key or "/".join(i.nested_key) for i in items}
         if want <= keys or time.monotonic() > deadline:
             return keys
         time.sleep(0.5)
