@@ -110,8 +110,9 @@ def flops_per_image(model: str, size: int, device: torch.device, batch: int = 2)
     no checkpointing: the useful work; matmuls, convolutions and attention are counted).
 
     Attention runs on SDPA's math path here: FlopCounterMode has no formula for the CPU's fused
-    attention kernel (it counted 0 there, 9 of unet_attn's 56 GFLOP at 64x64), and the math
-    path's two matrix products per direction are the work any kernel must do."""
+    attention kernel (it counted 0 there: 9 of 56 GFLOP at 64x64 when unet_attn had attention
+    at 32x32), and the math path's two matrix products per direction are the work any kernel
+    must do."""
     step = TrainStep(TrainCase(model), size, batch, device)
     step.opt.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):

@@ -4,7 +4,8 @@
 
 - attention: facediff's AttentionBlock forward + backward, before (the 1x1-conv layout whose q,
   k, v had a strided last dim, so F.scaled_dot_product_attention took its unfused math path)
-  and now (token layout, fused kernel), at unet_attn's three attention resolutions.
+  and now (token layout, fused kernel), at the three attention resolutions unet_attn had then
+  (32, 16, 8 px; 16 and 8 since BENCHMARKS.md run 21).
 - step: a whole unet_attn training step with the old and the new attention forward.
 - ops: what bf16 autocast costs on this CPU, op by op: a 3x3 convolution and GroupNorm, in
   contiguous and channels_last layouts, and a matmul, each in fp32 and bf16.
@@ -56,7 +57,7 @@ def attention_cases(batch: int) -> dict[str, Callable[[], None]]:
     from facediff.models.layers import AttentionBlock
 
     cases = {}
-    for res, ch in ((32, 128), (16, 192), (8, 256)):  # unet_attn at 64x64
+    for res, ch in ((32, 128), (16, 192), (8, 256)):  # unet_attn at 64x64 before run 21
         torch.manual_seed(0)
         block = AttentionBlock(ch, 4, 32)
         old = AttentionBlock(ch, 4, 32)
