@@ -219,20 +219,17 @@ def wandb_records(path: Path):
             yield record
 
 
-def wandb_metric_keys(
-    path: Path, want: set[str], kinds: tuple[str, ...] = ("history",), timeout: float = 60.0
-) -> set[str]:
-    """The metric keys in an offline run's records of `kinds` ("history", "summary"), read until
-    they hold `want` or `timeout` seconds pass: `run.finish()` can return before W&B's service
-    has flushed the file."""
+def wandb_history_keys(path: Path, want: set[str], timeout: float = 60.0) -> set[str]:
+    """The metric keys in an offline run's history, read until they hold `want` or `timeout`
+    seconds pass: `run.finish()` can return before W&B's service has flushed the file."""
     deadline = time.monotonic() + timeout
     while True:
-        keys = set()
-        for r in wandb_records(path):
-            kind = r.WhichOneof("record_type")
-            if kind in kinds:
-                items = r.history.item if kind == "history" else r.summary.update
-                keys |= {i.key or "/".join(i.nested_key) for i in items}
+        keys = {
+            i.key or "/".join(i.nested_key)
+            for r in wandb_records(path)
+            if r.WhichOneof("record_type") == "history"
+            for i in r.history.item
+        }
         if want <= keys or time.monotonic() > deadline:
             return keys
         time.sleep(0.5)
