@@ -198,8 +198,7 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
 def wandb_records(path: Path):
     """The protobuf records of an offline .wandb file (a LevelDB-style log of 32 KiB blocks
     after a 7-byte W&B header; chunk types 1 full, 2 first, 3 middle, 4 last). A file still
-    being written (W&B's service buffers it until the run's stream closes) yields the records
-    complete so far."""
+    being written (by W&B's service, which may buffer it) yields the records complete so far."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -221,7 +220,8 @@ def wandb_records(path: Path):
 
 def wandb_history_keys(path: Path, want: set[str], timeout: float = 60.0) -> set[str]:
     """The metric keys in an offline run's history, read until they hold `want` or `timeout`
-    seconds pass: `run.finish()` can return before W&B's service has flushed the file."""
+    seconds pass, in case `run.finish()` returns before W&B's service has flushed the file (a
+    suspected cause of one CI failure, not reproduced here)."""
     deadline = time.monotonic() + timeout
     while True:
         keys = {
