@@ -12,6 +12,9 @@
 - lowp: facediff's CPU bf16 paths against torch's own kernels ("before"): attention (SDPA) in
   fp32 inside bf16 autocast, GroupNorm of a bf16 channels_last input in fp32, and the
   utkface_cpu recipe's whole training step (32x32, batch 64, bf16, channels_last) with both.
+- dropout: facediff's CPU dropout (16 random bits per element) against nn.Dropout's
+  (`bernoulli_`, one random number per element) at `unet_attn`'s four widths, and
+  `unet_attn`'s whole training step (64x64, batch `--batch`, bf16) with each.
 """
 
 from __future__ import annotations
@@ -163,9 +166,49 @@ def lowp_cases() -> dict[str, Callable[[], None]]:
     return cases
 
 
+def dropout_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
+    import torch
+    from torch import nn
+
+    from benchmarks.bench_train import TrainCase, TrainStep
+    from facediff.models.layers import Dropout
+
+    cases: dict[str, Callable[[], None]] = {}
+    old, new = nn.Dropout(0.1), Dropout(0.1)
+    for ch, res in ((64, size), (128, size // 2), (192, size // 4), (256, size // 8)):
+        x = torch.randn(batch, ch, res, res).to(torch.bfloat16).requires_grad_()
+        key = f"dropout 0.1 B{batch} C{ch} {res}px bf16"
+        cases[f"{key} before"] = fwd_bwd(lambda x=x: old(x), "bf16")
+        cases[f"{key} after"] = fwd_bwd(lambda x=x: new(x), "bf16")
+    case, device = TrainCase("unet_attn", "bf16"), torch.device("cpu")
+    key = f"unet_attn step {size}px batch {batch} bf16"
+    cases[f"{key} before"] = torch_dropout_step(TrainStep(case, size, batch, device))
+    cases[f"{key} after"] = TrainStep(case, size, batch, device)
+    return cases
+
+
+def torch_dropout_step(step: Callable[[], None]) -> Callable[[], None]:
+    """Run `step` with nn.Dropout's own forward in facediff's Dropout."""
+    import torch
+
+    import facediff.models.layers as layers
+
+    def run() -> None:
+        fast = layers.Dropout.forward
+        layers.Dropout.forward = torch.nn.Dropout.forward  # type: ignore[method-assign]
+        try:
+            step()
+        finally:
+            layers.Dropout.forward = fast  # type: ignore[method-assign]
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(description="facediff micro-benchmarks")
-    p.add_argument("--only", default="attention,step,ops", help="any of attention,step,ops,lowp")
+    p.add_argument(
+        "--only", default="attention,step,ops", help="any of attention,step,ops,lowp,dropout"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
@@ -187,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         cases |= op_cases(args.batch)
     if "lowp" in only:
         cases |= lowp_cases()
+    if "dropout" in only:
+        cases |= dropout_cases(args.batch, args.size)
     times = interleave(cases, args.reps, args.warmup, torch.device("cpu"))
     cpu = cpu_info()
     print(f"# {cpu['model']}, flags {' '.join(cpu['flags'])}; no {' '.join(cpu['missing'])}")

@@ -211,3 +211,23 @@ def test_micro_before_case_uses_torch_kernels_and_restores_them() -> None:
         torch_kernels_step(step)()
     assert seen == [(F.scaled_dot_product_attention, nn.GroupNorm.forward)]
     assert (layers.attention, layers.GroupNorm.forward) == fast
+
+
+def test_micro_dropout_before_case_uses_nn_dropout_and_restores_it() -> None:
+    import pytest
+    from torch import nn
+
+    import facediff.models.layers as layers
+    from benchmarks.micro import torch_dropout_step
+
+    seen = []
+
+    def step() -> None:
+        seen.append(layers.Dropout.forward)
+        raise RuntimeError("step failed")
+
+    fast = layers.Dropout.forward
+    with pytest.raises(RuntimeError, match="step failed"):
+        torch_dropout_step(step)()
+    assert seen == [nn.Dropout.forward]
+    assert layers.Dropout.forward is fast
