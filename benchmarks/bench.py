@@ -98,6 +98,23 @@ def ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str,
     return out
 
 
+def paired_ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str, Any]:
+    """The same ratios round by round (each round times every case once, back to back), their
+    median and spread: a drift of the host's speed over the run moves both cases of a round
+    alike, so the spread of these says how far one run's ratio can be trusted."""
+    from benchmarks.common import summarize
+
+    out = {}
+    for p in precisions:
+        ours = train.get(f"unet_attn/{p}", {}).get("step_seconds")
+        for other in ("diffusers_unet2d", "original", "unet"):
+            theirs = train.get(f"{other}/{p}", {}).get("step_seconds")
+            if ours and theirs:
+                per_round = [t / o for o, t in zip(ours, theirs, strict=False)]
+                out[f"unet_attn/{other} {p}"] = summarize(per_round)
+    return out
+
+
 def print_train(train: dict[str, dict[str, Any]]) -> None:
     print("\n## Training (full step), img/s median (min-max)")
     print("| case | size | params | img/s | ms/step | GFLOP/img | % of peak | EMA share |")
@@ -120,9 +137,12 @@ def print_rest(result: dict[str, Any]) -> None:
         for p, r in result["peak"].items():
             print(f"- {p}: {r['gflops']:.0f}")
     if "ratios" in result:
-        print("\n## Ratios (interleaved, median over median)")
+        print("\n## Ratios (interleaved, median over median; per round: median, min-max)")
+        paired = result.get("paired_ratios", {})
         for k, v in result["ratios"].items():
-            print(f"- {k}: {v:.2f}x")
+            r = paired.get(k)
+            rounds = f"; per round {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}x)" if r else ""
+            print(f"- {k}: {v:.2f}x{rounds}")
     if "memory" in result:
         m = result["memory"]
         print(f"\n## Peak memory of a step ({m['model']}, {m['size']}px, batch {m['batch']})")
@@ -185,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cases, args.size, args.batch, args.reps, args.warmup, device, peaks
         )
         result["ratios"] = ratios(result["train"], precisions)
+        result["paired_ratios"] = paired_ratios(result["train"], precisions)
         print_train(result["train"])
     if "memory" in sections:
         # a child process only on a CPU, where RSS keeps the heap's history; CUDA's peak counter

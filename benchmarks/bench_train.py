@@ -156,6 +156,7 @@ def run_training(
             "params": num_parameters(st.net),
             "img_per_s": summarize(rates),
             "ms_per_step": summarize([s * 1e3 for s in secs]),
+            "step_seconds": secs,  # one per round, in order: pairs rounds across cases
             "ema_share": summarize([e / s for e, s in zip(ema, secs, strict=True)]),
             "gflop_per_img": flops[case.model] / 1e9,
             "achieved_gflops": achieved / 1e9,
