@@ -110,7 +110,7 @@ def paired_ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> di
         for other in ("diffusers_unet2d", "original", "unet"):
             theirs = train.get(f"{other}/{p}", {}).get("step_seconds")
             if ours and theirs:
-                per_round = [t / o for o, t in zip(ours, theirs, strict=False)]
+                per_round = [t / o for o, t in zip(ours, theirs, strict=True)]
                 out[f"unet_attn/{other} {p}"] = summarize(per_round)
     return out
 

@@ -44,12 +44,13 @@ class Dropout(nn.Dropout):
     element, one after another (`bernoulli_`: 14% of `unet_attn`'s bf16 training step on a
     Xeon with AMX). This path is 2.3x faster for a bf16 (16, 64, 64, 64) batch, forward and
     backward, and makes that step 1.11x faster (`python -m benchmarks.micro --only dropout`,
-    BENCHMARKS.md run 22). p counts to the nearest 1/65536. On other devices, in eval mode and
-    in place: nn.Dropout's own path."""
+    BENCHMARKS.md run 22). p counts to the nearest 1/65536. On other devices, in eval mode, in
+    place and under torch.compile (whose generated code draws its own masks): nn.Dropout's path."""
 
     def forward(self, x: Tensor) -> Tensor:
         dropped = round(self.p * 65536)
-        if not self.training or self.inplace or x.device.type != "cpu" or dropped in (0, 65536):
+        native = not self.training or self.inplace or x.device.type != "cpu"
+        if native or dropped in (0, 65536) or torch.compiler.is_compiling():
             return super().forward(x)
         n = x.numel()
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
