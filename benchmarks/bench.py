@@ -136,7 +136,7 @@ def print_rest(result: dict[str, Any]) -> None:
         print(f"\n## Matmul peak ({result['args']['peak_n']}^3), GFLOP/s")
         for p, r in result["peak"].items():
             print(f"- {p}: {r['gflops']:.0f}")
-    if "ratios" in result:
+    if result.get("ratios"):
         print("\n## Ratios (interleaved, median over median; per round: median, min-max)")
         paired = result.get("paired_ratios", {})
         for k, v in result["ratios"].items():
