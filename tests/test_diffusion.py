@@ -29,7 +29,9 @@ from facediff.diffusion.settings import SamplingSettings
 
 
 def settings(sampler: str, steps: int, guidance: float = 1.0, eta: float = 0.0) -> SamplingSettings:
-    return SamplingSettings(sampler, steps, guidance, eta=eta, seed=0, spacing="trailing")
+    return SamplingSettings(
+        sampler, steps, guidance, eta=eta, seed=0, spacing="trailing", precision="fp32"
+    )
 
 
 def test_linear_schedule_matches_the_original_and_keeps_signal_at_T():
@@ -322,9 +324,9 @@ def test_check_fits_refuses_before_sampling_what_cannot_work():
 
     s, eps_model = build_diffusion({"num_steps": 50, "prediction": "eps"})
     with pytest.raises(ValueError, match=r"diffusion\.prediction=v"):
-        check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing"), s, eps_model)
+        check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing", "fp32"), s, eps_model)
     with pytest.raises(ValueError, match="steps"):
-        check_fits(SamplingSettings("ddpm", 51, 2.0, 0.0, 0, "trailing"), s, eps_model)
-    check_fits(SamplingSettings("ddpm", 50, 2.0, 0.0, 0, "trailing"), s, eps_model)
+        check_fits(SamplingSettings("ddpm", 51, 2.0, 0.0, 0, "trailing", "fp32"), s, eps_model)
+    check_fits(SamplingSettings("ddpm", 50, 2.0, 0.0, 0, "trailing", "fp32"), s, eps_model)
     _, v_model = build_diffusion({"num_steps": 50, "prediction": "v"})
-    check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing"), s, v_model)
+    check_fits(SamplingSettings("dpmpp", 10, 2.0, 0.0, 0, "trailing", "fp32"), s, v_model)

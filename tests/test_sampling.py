@@ -57,6 +57,21 @@ def test_same_seed_same_images_whatever_the_batch_size(gen, sampler):
     assert not torch.allclose(whole, other)
 
 
+def test_bf16_precision_runs_the_network_in_bf16_and_draws_the_same_images(gen):
+    """precision=bf16: autocast for the network only (its convolutions see bf16), the sampler's
+    arithmetic and the images stay fp32 and close to fp32 sampling from the same noise."""
+    seen = []
+    hook = gen.net.input_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    kw = {"sampler": "dpmpp", "steps": 6, "guidance": 2.0, "seed": 3}
+    try:
+        low, _ = gen.sample(n_per_class=2, precision="bf16", **kw)
+    finally:
+        hook.remove()
+    full, _ = gen.sample(n_per_class=2, precision="fp32", **kw)
+    assert set(seen) == {torch.bfloat16} and low.dtype == torch.float32
+    assert (low - full).abs().mean() < 0.02  # 1/50 of the [0, 1] range, on average
+
+
 def test_blends(gen):
     w = gen.blend_weights({"glasses": 1, "beard": 3})
     torch.testing.assert_close(w, torch.tensor([0.25, 0.0, 0.75]))
@@ -85,6 +100,7 @@ def test_blends(gen):
         (["steps=0"], r"steps must be in 1\.\.500"),
         (["steps=501"], r"steps must be in 1\.\.500"),
         (["sampler=euler"], "Unknown sampler 'euler'"),
+        (["precision=int8"], "Unknown sampling precision 'int8'"),
         (["blend={glasses: -0.5, hat: 1.0}"], "Blend weights must be >= 0"),
         (["blend={glasses: 0.5, wizard: 0.5}"], "Unknown class 'wizard'"),
         (["sweep={start: hat, end: wizard, n_steps: 3, n_seeds: 1}"], "Unknown class 'wizard'"),

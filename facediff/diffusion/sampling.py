@@ -25,6 +25,7 @@ plain conditional model (and skips the unconditional half), w = 0 the unconditio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,15 @@ def guided_output(
     out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B,C,H,W)
     cond, uncond = out.chunk(2)
     return torch.lerp(uncond, cond, guidance)
+
+
+def network_precision(precision: str, device: torch.device) -> AbstractContextManager[object]:
+    """Autocast for the network's passes while sampling ("fp32": none). bf16 pays on GPUs and on
+    CPUs with bf16 matrix units (AMX); on other CPUs it is much slower (BENCHMARKS.md)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def ddpm_step(x_t: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor) -> Tensor:
@@ -196,7 +206,9 @@ def sample(
         ab_t = schedule.alpha_bar[t]
         ab_s = schedule.alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = guided_output(net, x, t_batch, y, settings.guidance, null_id).float()
+        with network_precision(settings.precision, x.device):
+            out = guided_output(net, x, t_batch, y, settings.guidance, null_id)
+        out = out.float()
         x0, eps = objective.split(out, x, ab_t)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)

@@ -18,6 +18,7 @@ from typing import Any
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SPACINGS = ("trailing", "linspace")  # see sampling.spaced_timesteps
+PRECISIONS = ("fp32", "bf16", "fp16")  # the network's forward passes; see sampling.sample
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "sampling" / "default.yaml"
 
 
@@ -29,7 +30,9 @@ class SamplingSettings:
     eta: DDIM and DPM-Solver++ (ddpm ignores it): 0 deterministic (the ODE) .. 1 as noisy as
         DDPM (DPM-Solver++'s SDE form);
     seed: the noise seed (sample i draws from (seed, i));
-    spacing: which `steps` of the T timesteps: "trailing" | "linspace" (sampling.spaced_timesteps).
+    spacing: which `steps` of the T timesteps: "trailing" | "linspace" (sampling.spaced_timesteps);
+    precision: the network's forward passes: "fp32" | "bf16" | "fp16" (autocast; the sampler's
+        own arithmetic stays fp32).
     """
 
     sampler: str
@@ -38,12 +41,17 @@ class SamplingSettings:
     eta: float
     seed: int
     spacing: str
+    precision: str
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {self.sampler!r}; choose one of {SAMPLERS}.")
         if self.spacing not in SPACINGS:
             raise ValueError(f"Unknown spacing {self.spacing!r}; choose one of {SPACINGS}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"Unknown sampling precision {self.precision!r}; choose one of {PRECISIONS}."
+            )
         for name in ("steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -66,7 +74,7 @@ class SamplingSettings:
         base: SamplingSettings | None = None,
         num_steps: int | None = None,
     ) -> SamplingSettings:
-        """Settings from a mapping holding the six keys (other keys are ignored), or only some
+        """Settings from a mapping holding every key (other keys are ignored), or only some
         of them on top of `base` (e.g. a sweep point {sampler: ddim, steps: 10}); checked
         against the model's T when `num_steps` is given."""
         names = [f.name for f in dataclasses.fields(cls)]
