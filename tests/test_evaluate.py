@@ -130,7 +130,7 @@ def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
         "+callbacks.eval_metrics={_target_: facediff.lightning.eval_callback.EvalMetrics, "
         "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, "
         "sampling: {sampler: dpmpp, steps: 2, guidance: 3.0, eta: 0.0, seed: 0, "
-        "spacing: trailing}, "
+        "spacing: trailing, precision: fp32}, "
         "kid_subset_size: 5, classifier: {epochs: 1, widths: [8, 16]}}",
         "callbacks.model_checkpoint.monitor=eval/class_consistency",
         "callbacks.model_checkpoint.mode=max",

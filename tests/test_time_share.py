@@ -84,7 +84,8 @@ EVAL_METRICS_EVERY_EPOCH = (
     "callbacks.eval_metrics={_target_: facediff.lightning.eval_callback.EvalMetrics,"
     " cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 2, kid_subset_size: 2,"
     " max_time_share: null, classifier: {epochs: 1, lr: 1.0e-3, widths: [8, 16], seed: 11},"
-    " sampling: {sampler: dpmpp, steps: 2, guidance: 1.0, eta: 1.0, seed: 0, spacing: trailing}}"
+    " sampling: {sampler: dpmpp, steps: 2, guidance: 1.0, eta: 1.0, seed: 0, spacing: trailing,"
+    " precision: fp32}}"
 )
 
 
