@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "sample" in sections:
         result["sample"] = bench_sample.run_sampling(
             csv(args.sample_models), args.size, args.sample_batch, args.reps, args.warmup,
-            device, measured_steps=args.sample_steps,
+            device, precisions=tuple(precisions), measured_steps=args.sample_steps,
         )  # fmt: skip
     print_rest(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Sampling throughput: images/s of each facediff sampler at its usual step count, with
-classifier-free guidance (conditional and unconditional halves in one batch of 2B).
+classifier-free guidance (conditional and unconditional halves in one batch of 2B), in each
+precision asked for (the sampling settings' `precision`: autocast for the network's passes).
 
 A sampler step costs one network evaluation on 2B images plus a few element-wise updates, so
 the time of a run is proportional to its step count. `measured_steps` (default: the usual count)
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench_train import error_text
-from benchmarks.common import autocast, interleave, summarize
+from benchmarks.common import interleave, summarize
 from benchmarks.models import build_model, model_size
 from facediff.diffusion.objective import build_diffusion
 from facediff.diffusion.sampling import sample
@@ -30,12 +31,12 @@ def run_sampling(
     reps: int,
     warmup: int,
     device: torch.device,
-    precision: str = "fp32",
+    precisions: tuple[str, ...] = ("fp32",),
     guidance: float = 3.0,
     measured_steps: int | None = None,
     samplers: dict[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{"model/sampler": result}, all cases interleaved."""
+    """{"model/precision/sampler": result}, all cases interleaved."""
     samplers = dict(samplers or USUAL_STEPS)
     eta = SamplingSettings.defaults().eta  # the default's noise (ddim, dpmpp); ddpm ignores it
     schedule, objective = build_diffusion({"num_steps": 500, "prediction": "v"})
@@ -50,20 +51,22 @@ def run_sampling(
             continue
         y = torch.arange(batch, device=device) % net.num_classes
         x_T = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0)).to(device)
-        for sampler, usual in samplers.items():
-            steps = min(usual, measured_steps or usual)
+        for precision in precisions:
+            for sampler, usual in samplers.items():
+                steps = min(usual, measured_steps or usual)
+                settings = SamplingSettings.defaults().replace(
+                    sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=0,
+                    precision=precision,
+                )  # fmt: skip
 
-            def run(net=net, y=y, x_T=x_T, sampler=sampler, steps=steps) -> None:
-                with torch.inference_mode(), autocast(device, precision):
-                    settings = SamplingSettings.defaults().replace(
-                        sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=0
-                    )
-                    sample(net, schedule, objective, y, x_T, settings)
+                def run(net=net, y=y, x_T=x_T, settings=settings) -> None:
+                    with torch.inference_mode():
+                        sample(net, schedule, objective, y, x_T, settings)
 
-            key = f"{name}/{sampler}"
-            cases[key] = run
-            meta[key] = {"model": name, "sampler": sampler, "size": s, "usual_steps": usual}
-            meta[key].update(measured_steps=steps, eta=eta)
+                key = f"{name}/{precision}/{sampler}"
+                cases[key] = run
+                meta[key] = {"model": name, "sampler": sampler, "size": s, "usual_steps": usual}
+                meta[key].update(measured_steps=steps, eta=eta, precision=precision)
     times = interleave(cases, reps, warmup, device)
     out: dict[str, dict[str, Any]] = {}
     for key, secs in times.items():
@@ -74,7 +77,6 @@ def run_sampling(
             **m,
             "batch": batch,
             "guidance": guidance,
-            "precision": precision,
             "extrapolated": m["measured_steps"] != m["usual_steps"],
             "ms_per_step": summarize([t / m["measured_steps"] * 1e3 for t in secs]),
             "img_per_s": summarize(rates),

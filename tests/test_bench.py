@@ -47,7 +47,9 @@ def test_bench_tiny_run_writes_complete_json(tmp_path: Path) -> None:
     assert set(data) == {"workers=0/cache", "workers=0/decode"}
     assert all(r["img_per_s"]["median"] > 0 and r["images_per_epoch"] > 0 for r in data.values())
 
-    assert set(saved["sample"]) == {"unet_tiny/ddpm", "unet_tiny/ddim", "unet_tiny/dpmpp"}
+    assert set(saved["sample"]) == {
+        f"unet_tiny/{p}/{s}" for p in ("fp32", "bf16") for s in ("ddpm", "ddim", "dpmpp")
+    }
     usual = {"ddpm": 100, "ddim": 50, "dpmpp": 25}
     for r in saved["sample"].values():
         assert r["usual_steps"] == usual[r["sampler"]] and r["extrapolated"]
