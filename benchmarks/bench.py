@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,25 @@ def train_cases(args: argparse.Namespace, precisions: list[str]) -> list[Any]:
     return cases
 
 
+def compared(
+    train: dict[str, dict[str, Any]], precisions: list[str], field: str
+) -> Iterator[tuple[str, Any, Any]]:
+    """(name, unet_attn's `field`, the other's) for the peer, `original` and `unet`, per
+    precision, where both plain cases ran."""
+    for p in precisions:
+        ours = train.get(f"unet_attn/{p}", {}).get(field)
+        for other in ("diffusers_unet2d", "original", "unet"):
+            theirs = train.get(f"{other}/{p}", {}).get(field)
+            if ours and theirs:
+                yield f"unet_attn/{other} {p}", ours, theirs
+
+
 def ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str, float]:
     """unet_attn's rate over the peer's and the original's, per precision (plain cases)."""
-    out = {}
-    for p in precisions:
-        ours = train.get(f"unet_attn/{p}", {}).get("img_per_s")
-        for other in ("diffusers_unet2d", "original", "unet"):
-            theirs = train.get(f"{other}/{p}", {}).get("img_per_s")
-            if ours and theirs:
-                out[f"unet_attn/{other} {p}"] = ours["median"] / theirs["median"]
-    return out
+    return {
+        key: ours["median"] / theirs["median"]
+        for key, ours, theirs in compared(train, precisions, "img_per_s")
+    }
 
 
 def paired_ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str, Any]:
@@ -104,15 +114,10 @@ def paired_ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> di
     alike, so the spread of these says how far one run's ratio can be trusted."""
     from benchmarks.common import summarize
 
-    out = {}
-    for p in precisions:
-        ours = train.get(f"unet_attn/{p}", {}).get("step_seconds")
-        for other in ("diffusers_unet2d", "original", "unet"):
-            theirs = train.get(f"{other}/{p}", {}).get("step_seconds")
-            if ours and theirs:
-                per_round = [t / o for o, t in zip(ours, theirs, strict=True)]
-                out[f"unet_attn/{other} {p}"] = summarize(per_round)
-    return out
+    return {
+        key: summarize([t / o for o, t in zip(ours, theirs, strict=True)])
+        for key, ours, theirs in compared(train, precisions, "step_seconds")
+    }
 
 
 def print_train(train: dict[str, dict[str, Any]]) -> None:
