@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import autocast, describe, device_info, interleave, pick_device, summarize
+from benchmarks.common import describe, device_info, interleave, pick_device, summarize
 from benchmarks.models import facediff_model_config
+from facediff.diffusion.sampling import network_precision
 from facediff.models.registry import build_model
 
 LAYOUTS = {"attention at 8 (the recipe)": [8], "+ 16": [16, 8], "+ 32": [32, 8]}
@@ -45,7 +46,7 @@ def training_step(
     y = torch.randint(0, 3, (batch,), device=device)
 
     def step() -> None:
-        with autocast(device, precision):
+        with network_precision(precision, device):
             loss = (net(x, t, y).float() - x).pow(2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import autocast, interleave, summarize, sync
+from benchmarks.common import interleave, summarize, sync
 from benchmarks.models import build_model, model_size, num_parameters, set_grad_checkpoint
 from facediff.diffusion.objective import build_diffusion, diffusion_loss
+from facediff.diffusion.sampling import network_precision
 from facediff.lightning.ema import EMADecay
 
 
@@ -82,7 +83,7 @@ class TrainStep:
     def loss(self) -> Tensor:
         t = torch.randint(0, self.schedule.num_steps, (self.batch,), device=self.device)
         noise = torch.randn_like(self.x0)
-        with autocast(self.device, self.case.precision):
+        with network_precision(self.case.precision, self.device):
             return diffusion_loss(
                 self.forward, self.schedule, self.objective, self.x0, self.y, t, noise
             ).mean()

@@ -13,13 +13,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from facediff.diffusion.sampling import AUTOCAST_DTYPES as DTYPES
+
 # environment variables that cap the instruction set of oneDNN, ATen's kernels and MKL
 ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
@@ -35,12 +35,6 @@ def mixed_precisions(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
     return ["bf16"]  # CPU autocast: bfloat16
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
 def sync(device: torch.device) -> None:

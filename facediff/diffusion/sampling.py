@@ -110,13 +110,15 @@ def guided_output(
     return torch.lerp(uncond, cond, guidance)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> dtype
+
+
 def network_precision(precision: str, device: torch.device) -> AbstractContextManager[object]:
     """Autocast for the network's passes while sampling ("fp32": none). bf16 pays on GPUs and on
     CPUs with bf16 matrix units (AMX); on other CPUs it is much slower (BENCHMARKS.md)."""
     if precision == "fp32":
         return nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def ddpm_step(x_t: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, noise: Tensor) -> Tensor:
