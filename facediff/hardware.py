@@ -1,19 +1,24 @@
 """What the machine offers, read once and decided in small pure functions (easy to test).
 
-`precision: auto` on a CPU: bf16 autocast pays only where the CPU has native bf16 matrix units,
-AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`). Without them oneDNN emulates bf16 with fp32
-instructions plus conversions; measured on a Xeon with AVX-512 but neither flag, a 2048^3
-matmul ran about 5x slower in bf16 than in fp32, and on an AVX2-only AMD EPYC whole training
-steps ran 13x slower (BENCHMARKS.md). So those CPUs keep fp32. Where the units are there,
-bf16 is chosen only if a probe step (`autocast_probe`, about a second) measures it faster.
+`precision: auto` (training's `trainer.precision`, sampling's `precision`) on a CPU: bf16
+autocast pays only where the CPU has native bf16 matrix units, AMX (`amx_bf16`) or AVX512-BF16
+(`avx512_bf16`). Without them oneDNN emulates bf16 with fp32 instructions plus conversions;
+measured on a Xeon with AVX-512 but neither flag, a 2048^3 matmul ran about 5x slower in bf16
+than in fp32, and on an AVX2-only AMD EPYC whole training steps ran 13x slower (BENCHMARKS.md).
+So those CPUs keep fp32. Where the units are there, bf16 is chosen only if a probe step
+(`autocast_probe`, about a second) measures it faster.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BF16_MATRIX_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_MARGIN = 0.9  # bf16 is chosen when its probe step takes under 90% of fp32's
@@ -96,3 +101,24 @@ def cpu_auto_precision(
     if bf16_s < BF16_MARGIN * fp32_s:
         return "bf16-mixed", f"{units} and {measured}"
     return "32-true", f"{units}, but {measured}: bf16 is not at least 10% faster here"
+
+
+@cache
+def auto_sampling_precision(device_type: str) -> str:
+    """The sampling precision that `precision: auto` stands for on this machine's `device_type`
+    ("cuda", "cpu", ...): bf16 on a GPU that supports it; on a CPU the rule of
+    `cpu_auto_precision` with its probe (bf16 where native bf16 matrix units measure faster);
+    fp32 elsewhere. Decided once per process and logged with its reason."""
+    import torch
+
+    if device_type == "cuda" and torch.cuda.is_bf16_supported():
+        choice, reason = "bf16", "the GPU supports bf16"
+    elif device_type == "cuda":
+        choice, reason = "fp32", "the GPU does not support bf16 (fp16 stays opt-in: precision=fp16)"
+    elif device_type == "cpu":
+        mixed, reason = cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+        choice = "bf16" if mixed == "bf16-mixed" else "fp32"
+    else:
+        choice, reason = "fp32", f"facediff has no low-precision rule for {device_type!r}"
+    log.info("sampling precision auto on %s: %s, because %s", device_type, choice, reason)
+    return choice

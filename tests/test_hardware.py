@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import facediff.hardware as hardware
 import facediff.lightning.training as training
 from facediff.hardware import autocast_probe, cpu_auto_precision, cpu_flags, cpu_model
 
@@ -78,3 +79,55 @@ def test_autocast_probe_times_both_precisions() -> None:
     fp32_s, bf16_s = autocast_probe(reps=1)
     assert 0 < fp32_s < 10 and 0 < bf16_s < 10
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.fixture
+def fresh_sampling_choice():
+    """auto_sampling_precision decides once per process: forget its choice around a test."""
+    hardware.auto_sampling_precision.cache_clear()
+    yield
+    hardware.auto_sampling_precision.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("flags", "probe", "expected"),
+    [
+        (SAPPHIRE_RAPIDS, (0.010, 0.004), "bf16"),
+        (SAPPHIRE_RAPIDS, (0.010, 0.0095), "fp32"),  # the units are there, bf16 not faster
+        (EPYC_AVX2, (0.010, 0.004), "fp32"),  # no units: no probe, fp32
+    ],
+)
+def test_sampling_precision_auto_on_cpu_follows_the_training_rule(
+    flags: str,
+    probe: tuple[float, float],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fresh_sampling_choice: None,
+) -> None:
+    import torch
+
+    from facediff.diffusion.sampling import network_precision, resolve_precision
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(hardware, "autocast_probe", lambda: probe)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="facediff.hardware"):
+        assert resolve_precision("auto", cpu) == expected
+    assert f"sampling precision auto on cpu: {expected}, because" in caplog.text
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit, cpu) == explicit  # explicit wins, no probe
+    with network_precision("auto", cpu):
+        dtype = torch.nn.Conv2d(1, 1, 1)(torch.ones(1, 1, 1, 1)).dtype
+    assert dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+
+
+def test_sampling_precision_auto_is_decided_once(
+    monkeypatch: pytest.MonkeyPatch, fresh_sampling_choice: None
+) -> None:
+    calls = []
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS.split()))
+    monkeypatch.setattr(hardware, "autocast_probe", lambda: calls.append(1) or (0.010, 0.004))
+    assert [hardware.auto_sampling_precision("cpu") for _ in range(3)] == ["bf16"] * 3
+    assert len(calls) == 1  # one probe per process, not one per sampling step
+    assert hardware.auto_sampling_precision("mps") == "fp32"

@@ -72,6 +72,16 @@ def test_bf16_precision_runs_the_network_in_bf16_and_draws_the_same_images(gen):
     assert (low - full).abs().mean() < 0.02  # 1/50 of the [0, 1] range, on average
 
 
+def test_auto_precision_is_recorded_as_the_precision_that_ran(gen, monkeypatch):
+    """Generator.settings turns precision "auto" into what it means on the generator's device,
+    so samples.json and evaluate.py's report name the precision that ran."""
+    import facediff.inference.generator as generator
+
+    monkeypatch.setattr(generator, "resolve_precision", lambda p, d: "bf16" if p == "auto" else p)
+    assert gen.settings(precision="auto").precision == "bf16"
+    assert gen.settings(precision="fp32").precision == "fp32"
+
+
 def test_blends(gen):
     w = gen.blend_weights({"glasses": 1, "beard": 3})
     torch.testing.assert_close(w, torch.tensor([0.25, 0.0, 0.75]))

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from facediff.diffusion.objective import Objective
 from facediff.diffusion.schedule import NoiseSchedule
 from facediff.diffusion.settings import SPACINGS, SamplingSettings
+from facediff.hardware import auto_sampling_precision
 
 # Deterministic samplers need a usable x0_hat at the first step; an epsilon model's x0_hat has its
 # error amplified by 1 / sqrt(SNR) there (10^4 at the cosine schedule's SNR of ~1e-8).
@@ -113,9 +114,20 @@ def guided_output(
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> dtype
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The concrete precision ("fp32" | "bf16" | "fp16") that `precision` means on `device`:
+    "auto" is bf16 on GPUs with bf16 and on CPUs whose bf16 matrix units (AMX, AVX512-BF16)
+    measure faster, fp32 elsewhere (facediff.hardware.auto_sampling_precision)."""
+    if precision != "auto":
+        return precision
+    return auto_sampling_precision(device.type)
+
+
 def network_precision(precision: str, device: torch.device) -> AbstractContextManager[object]:
-    """Autocast for the network's passes while sampling ("fp32": none). bf16 pays on GPUs and on
-    CPUs with bf16 matrix units (AMX); on other CPUs it is much slower (BENCHMARKS.md)."""
+    """Autocast for the network's passes while sampling ("fp32": none; "auto": see
+    `resolve_precision`). bf16 pays on GPUs and on CPUs with bf16 matrix units (AMX); on other
+    CPUs it is much slower (BENCHMARKS.md)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

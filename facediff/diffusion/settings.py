@@ -18,7 +18,7 @@ from typing import Any
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SPACINGS = ("trailing", "linspace")  # see sampling.spaced_timesteps
-PRECISIONS = ("fp32", "bf16", "fp16")  # the network's forward passes; see sampling.sample
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # the network's passes; sampling.resolve_precision
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "sampling" / "default.yaml"
 
 
@@ -31,8 +31,9 @@ class SamplingSettings:
         DDPM (DPM-Solver++'s SDE form);
     seed: the noise seed (sample i draws from (seed, i));
     spacing: which `steps` of the T timesteps: "trailing" | "linspace" (sampling.spaced_timesteps);
-    precision: the network's forward passes: "fp32" | "bf16" | "fp16" (autocast; the sampler's
-        own arithmetic stays fp32).
+    precision: the network's forward passes: "auto" | "fp32" | "bf16" | "fp16" (autocast; the
+        sampler's own arithmetic stays fp32); "auto" is bf16 where the device computes it fast
+        and fp32 elsewhere (sampling.resolve_precision).
     """
 
     sampler: str

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from facediff.checkpoint import CheckpointError, load_checkpoint
 from facediff.diffusion.objective import Objective, build_diffusion
-from facediff.diffusion.sampling import check_fits, sample
+from facediff.diffusion.sampling import check_fits, resolve_precision, sample
 from facediff.diffusion.schedule import NoiseSchedule
 from facediff.diffusion.settings import SamplingSettings
 from facediff.models.registry import build_model
@@ -144,14 +144,16 @@ class Generator:
     def settings(
         self, settings: SamplingSettings | None = None, **changes: Any
     ) -> SamplingSettings:
-        """`settings` (None: conf/sampling/default.yaml's) with `changes`, checked against T."""
+        """`settings` (None: conf/sampling/default.yaml's) with `changes`, checked against T;
+        precision "auto" comes back as what it means on this generator's device, so that
+        samples.json and evaluate.py's report name the precision that ran."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(SamplingSettings)})
         if unknown:
             raise TypeError(f"Unknown sampling settings {unknown}; see SamplingSettings.")
         base = SamplingSettings.defaults() if settings is None else settings
         settings = SamplingSettings.from_config(changes, base, num_steps=self.num_steps)
         check_fits(settings, self.schedule, self.objective)
-        return settings
+        return settings.replace(precision=resolve_precision(settings.precision, self.device))
 
     @torch.no_grad()
     def generate(
