@@ -52,16 +52,11 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 def autocast_probe(reps: int = 3) -> tuple[float, float]:
     """Median seconds of one small training step in fp32 and under bf16 autocast (forward and
     backward of two 64-channel 3x3 convolutions with GroupNorm and SiLU, batch 8 at 32x32),
-    interleaved after a warm-up round: whether bf16 pays on this CPU, in about a second."""
+    interleaved after a warm-up round: whether bf16 pays on this CPU, in about a second. It
+    runs its own backward passes wherever it is called from, sampling's no_grad and Lightning's
+    inference mode included."""
     import torch
     from torch import nn
-
-    with torch.random.fork_rng(devices=[]):  # the draws below leave training's stream as it was
-        net = nn.Sequential(
-            nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(32, 64), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, padding=1),
-        )  # fmt: skip
-        x = torch.randn(8, 64, 32, 32)
 
     def step(bf16: bool) -> float:
         start = time.perf_counter()
@@ -70,12 +65,19 @@ def autocast_probe(reps: int = 3) -> tuple[float, float]:
         loss.backward()
         return time.perf_counter() - start
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for round_ in range(reps + 1):
-        for bf16 in (False, True):
-            seconds = step(bf16)
-            if round_:  # round 0 warms up
-                times[bf16].append(seconds)
+    with torch.inference_mode(False), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]):  # training's random stream stays as it was
+            net = nn.Sequential(
+                nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(32, 64), nn.SiLU(),
+                nn.Conv2d(64, 64, 3, padding=1),
+            )  # fmt: skip
+            x = torch.randn(8, 64, 32, 32)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for round_ in range(reps + 1):
+            for bf16 in (False, True):
+                seconds = step(bf16)
+                if round_:  # round 0 warms up
+                    times[bf16].append(seconds)
     return statistics.median(times[False]), statistics.median(times[True])
 
 

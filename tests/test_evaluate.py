@@ -175,3 +175,29 @@ def test_check_evaluation_recomputes_the_headline_numbers(evaluated, capsys):
         _, _, saved, _, recomputed = printed[key]
         assert float(saved) == pytest.approx(result[key], abs=1e-6)
         assert float(recomputed) == pytest.approx(result[key], abs=1e-6)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_eval_metrics_takes_rank_zeros_choice_of_auto_precision(rank, monkeypatch):
+    """Under DDP every rank samples the same images: "auto" (a timed probe on a CPU, which may
+    differ between ranks) is decided on rank 0 and broadcast; the other ranks never probe."""
+    from types import SimpleNamespace
+
+    import facediff.lightning.eval_callback as eval_callback
+    from facediff.diffusion.objective import build_diffusion
+    from facediff.diffusion.settings import SamplingSettings
+
+    asked = []
+    monkeypatch.setattr(eval_callback, "resolve_precision", lambda p, d: asked.append(p) or "bf16")
+    sent = []
+    strategy = SimpleNamespace(broadcast=lambda obj, src: sent.append(obj) or "bf16")
+    trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=strategy)
+    schedule, objective = build_diffusion({"num_steps": 50, "prediction": "v"})
+    module = SimpleNamespace(device=torch.device("cpu"), schedule=schedule, objective=objective)
+    cb = eval_callback.EvalMetrics(
+        "unused", SamplingSettings.defaults().replace(precision="auto", steps=5)
+    )
+    cb.clf = object()  # the classifier is ready: setup stops after choosing the precision
+    cb.setup(trainer, module, "fit")
+    assert cb.sampling.precision == "bf16"
+    assert asked == (["auto"] if rank == 0 else []) and sent == (["bf16"] if rank == 0 else [None])

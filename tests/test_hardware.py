@@ -81,6 +81,18 @@ def test_autocast_probe_times_both_precisions() -> None:
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_autocast_probe_runs_where_sampling_runs(mode: str) -> None:
+    """Sampling (no_grad) and Lightning's validation (inference mode) may be the first to ask
+    for `precision: auto`: the probe's backward passes must run there too."""
+    import torch
+
+    with getattr(torch, mode)():
+        fp32_s, bf16_s = autocast_probe(reps=1)
+        assert not torch.is_grad_enabled()  # and the caller's mode is back afterwards
+    assert fp32_s > 0 and bf16_s > 0
+
+
 @pytest.fixture
 def fresh_sampling_choice():
     """auto_sampling_precision decides once per process: forget its choice around a test."""

@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from facediff.diffusion.sampling import resolve_precision
 from facediff.diffusion.settings import SamplingSettings
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
@@ -77,7 +78,15 @@ class EvalMetrics(EMAValidationCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # sampling steps against T, before any work
-        if stage != "fit" or self.clf is not None:
+        if stage != "fit":
+            return
+        # every rank must sample alike: rank 0 decides what precision "auto" means (a timed
+        # probe on a CPU, which could differ between ranks) and the others take its choice
+        choice = None
+        if trainer.is_global_zero:
+            choice = resolve_precision(self.sampling.precision, pl_module.device)
+        self.sampling = self.sampling.replace(precision=trainer.strategy.broadcast(choice, src=0))
+        if self.clf is not None:
             return
         with callback_work(self.time_share, one_off=True):
             self._prepare(trainer, pl_module)
