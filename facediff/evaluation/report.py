@@ -187,7 +187,8 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "# facediff evaluation\n",
         f"Checkpoint `{result['checkpoint']['path']}` (step {result['checkpoint']['global_step']})"
         f"; {result['n_generated']} samples with `{s['sampler']}`, {s['steps']} steps, guidance "
-        f"{s['guidance']}, seed {s['seed']}; compared with {result['n_real']} real test images. "
+        f"{s['guidance']}, eta {s['eta']}, seed {s['seed']}, the network in {s['precision']}; "
+        f"compared with {result['n_real']} real test images. "
         f"Classifier `{result['classifier']['key']}`.\n{warning}",
         "## Overall\n",
         markdown_table(["metric", "value"], overall),
