@@ -33,7 +33,8 @@ def pick_device(name: str | None = None) -> torch.device:
 def mixed_precisions(device: torch.device) -> list[str]:
     """The autocast precisions this device offers for training (besides fp32)."""
     if device.type == "cuda":
-        return (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return (["bf16"] if native_bf16 else []) + ["fp16"]
     return ["bf16"]  # CPU autocast: bfloat16
 
 

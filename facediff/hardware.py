@@ -113,10 +113,11 @@ def auto_sampling_precision(device_type: str) -> str:
     fp32 elsewhere. Decided once per process and logged with its reason."""
     import torch
 
-    if device_type == "cuda" and torch.cuda.is_bf16_supported():
-        choice, reason = "bf16", "the GPU supports bf16"
+    # native bf16 only: before Ampere torch emulates it, slower than fp32
+    if device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        choice, reason = "bf16", "the GPU computes bf16 natively"
     elif device_type == "cuda":
-        choice, reason = "fp32", "the GPU does not support bf16 (fp16 stays opt-in: precision=fp16)"
+        choice, reason = "fp32", "the GPU has no native bf16 (fp16 stays opt-in: precision=fp16)"
     elif device_type == "cpu":
         mixed, reason = cpu_auto_precision(cpu_flags(), probe=autocast_probe)
         choice = "bf16" if mixed == "bf16-mixed" else "fp32"

@@ -143,3 +143,21 @@ def test_sampling_precision_auto_is_decided_once(
     assert [hardware.auto_sampling_precision("cpu") for _ in range(3)] == ["bf16"] * 3
     assert len(calls) == 1  # one probe per process, not one per sampling step
     assert hardware.auto_sampling_precision("mps") == "fp32"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_sampling_precision_auto_on_a_gpu_needs_native_bf16(
+    native: bool, expected: str, monkeypatch: pytest.MonkeyPatch, fresh_sampling_choice: None
+) -> None:
+    """Before Ampere torch emulates bf16 (slower than fp32): auto asks for the native kind."""
+    import torch
+
+    asked = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert hardware.auto_sampling_precision("cuda") == expected
+    assert asked == [False]
