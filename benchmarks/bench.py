@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = common.pick_device(args.device)
     offered = ["fp32", *common.mixed_precisions(device)]
     precisions = offered if args.precisions == "all" else csv(args.precisions)
+    unknown = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if unknown:  # e.g. "auto": every row names the precision it measured
+        raise SystemExit(f"--precisions: unknown {unknown}; name them (fp32,bf16,fp16) or 'all'.")
     sections = csv(args.only)
     info = common.device_info(device)
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")

@@ -1,4 +1,5 @@
-"""What the machine offers, read once and decided in small pure functions (easy to test).
+"""What the machine offers, read once and decided in small functions (the rules pure, the reads and
+the probe passed in or patched in tests).
 
 `precision: auto` (training's `trainer.precision`, sampling's `precision`) on a CPU: bf16
 autocast pays only where the CPU has native bf16 matrix units, AMX (`amx_bf16`) or AVX512-BF16
@@ -106,22 +107,31 @@ def cpu_auto_precision(
 
 
 @cache
-def auto_sampling_precision(device_type: str) -> str:
-    """The sampling precision that `precision: auto` stands for on this machine's `device_type`
-    ("cuda", "cpu", ...): bf16 on a GPU that supports it; on a CPU the rule of
-    `cpu_auto_precision` with its probe (bf16 where native bf16 matrix units measure faster);
-    fp32 elsewhere. Decided once per process and logged with its reason."""
+def cpu_choice() -> tuple[str, str]:
+    """`cpu_auto_precision` for this machine's CPU with its probe, decided once per process, so
+    that training's and sampling's `precision: auto` agree and the probe runs once."""
+    return cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+
+
+@cache
+def auto_sampling_precision(device: str) -> str:
+    """The sampling precision that `precision: auto` stands for on `device` ("cpu", "cuda",
+    "cuda:1", ...): bf16 on a GPU that computes it natively (Ampere and later: compute
+    capability 8+; torch emulates it before, slower than fp32); on a CPU bf16 where training's
+    rule chose bf16-mixed (`cpu_choice`); fp32 elsewhere. (Training's auto takes 16-mixed on
+    every GPU: the GradScaler guards fp16 training, where sampling has nothing to guard.)
+    Decided once per device and process, and logged with its reason."""
     import torch
 
-    # native bf16 only: before Ampere torch emulates it, slower than fp32
-    if device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.get_device_capability(torch.device(device))[0] >= 8:
         choice, reason = "bf16", "the GPU computes bf16 natively"
-    elif device_type == "cuda":
+    elif kind == "cuda":
         choice, reason = "fp32", "the GPU has no native bf16 (fp16 stays opt-in: precision=fp16)"
-    elif device_type == "cpu":
-        mixed, reason = cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+    elif kind == "cpu":
+        mixed, reason = cpu_choice()
         choice = "bf16" if mixed == "bf16-mixed" else "fp32"
     else:
-        choice, reason = "fp32", f"facediff has no low-precision rule for {device_type!r}"
-    log.info("sampling precision auto on %s: %s, because %s", device_type, choice, reason)
+        choice, reason = "fp32", f"facediff has no low-precision rule for {kind!r}"
+    log.info("sampling precision auto on %s: %s, because %s", device, choice, reason)
     return choice

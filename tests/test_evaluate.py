@@ -190,7 +190,9 @@ def test_eval_metrics_takes_rank_zeros_choice_of_auto_precision(rank, monkeypatc
     from facediff.diffusion.settings import SamplingSettings
 
     asked = []
-    monkeypatch.setattr(eval_callback, "resolve_precision", lambda p, d: asked.append(p) or "bf16")
+    monkeypatch.setattr(
+        eval_callback, "sampling_precision", lambda p, d: asked.append((p, d)) or "bf16"
+    )
     sent = []
     strategy = SimpleNamespace(broadcast=lambda obj, src: sent.append(obj) or "bf16")
     trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=strategy)
@@ -202,4 +204,5 @@ def test_eval_metrics_takes_rank_zeros_choice_of_auto_precision(rank, monkeypatc
     cb.clf = object()  # the classifier is ready: setup stops after choosing the precision
     cb.setup(trainer, module, "fit")
     assert cb.sampling.precision == "bf16"
-    assert asked == (["auto"] if rank == 0 else []) and sent == (["bf16"] if rank == 0 else [None])
+    assert asked == ([("auto", module.device)] if rank == 0 else [])
+    assert sent == (["bf16"] if rank == 0 else [None])

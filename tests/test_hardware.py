@@ -17,6 +17,17 @@ COOPER_LAKE = XEON_NO_BF16 + " avx512_bf16"
 EPYC_AVX2 = "fpu sse avx avx2 fma"
 
 
+@pytest.fixture
+def fresh_choice():
+    """`precision: auto` is decided once per process (`cpu_choice`, `auto_sampling_precision`):
+    forget the decisions around a test."""
+    for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
+        decided.cache_clear()
+    yield
+    for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
+        decided.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -50,10 +61,14 @@ def test_cpu_flags_and_model_from_cpuinfo(tmp_path: Path) -> None:
     ("flags", "expected"), [(SAPPHIRE_RAPIDS, "bf16-mixed"), (EPYC_AVX2, "32-true")]
 )
 def test_resolve_precision_auto_on_cpu_logs_choice(
-    flags: str, expected: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    flags: str,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fresh_choice: None,
 ) -> None:
-    monkeypatch.setattr(training, "cpu_flags", lambda: frozenset(flags.split()))
-    monkeypatch.setattr(training, "autocast_probe", lambda: (0.010, 0.004))  # bf16 2.5x faster
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(hardware, "autocast_probe", lambda: (0.010, 0.004))  # bf16 2.5x faster
     with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
         assert training.resolve_precision("auto", "cpu") == expected
     assert expected in caplog.text and "native bf16" in caplog.text
@@ -93,14 +108,6 @@ def test_autocast_probe_runs_where_sampling_runs(mode: str) -> None:
     assert fp32_s > 0 and bf16_s > 0
 
 
-@pytest.fixture
-def fresh_sampling_choice():
-    """auto_sampling_precision decides once per process: forget its choice around a test."""
-    hardware.auto_sampling_precision.cache_clear()
-    yield
-    hardware.auto_sampling_precision.cache_clear()
-
-
 @pytest.mark.parametrize(
     ("flags", "probe", "expected"),
     [
@@ -115,49 +122,48 @@ def test_sampling_precision_auto_on_cpu_follows_the_training_rule(
     expected: str,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    fresh_sampling_choice: None,
+    fresh_choice: None,
 ) -> None:
     import torch
 
-    from facediff.diffusion.sampling import network_precision, resolve_precision
+    from facediff.diffusion.sampling import network_precision, sampling_precision
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(hardware, "autocast_probe", lambda: probe)
     cpu = torch.device("cpu")
     with caplog.at_level(logging.INFO, logger="facediff.hardware"):
-        assert resolve_precision("auto", cpu) == expected
+        assert sampling_precision("auto", cpu) == expected
     assert f"sampling precision auto on cpu: {expected}, because" in caplog.text
     for explicit in ("fp32", "bf16", "fp16"):
-        assert resolve_precision(explicit, cpu) == explicit  # explicit wins, no probe
+        assert sampling_precision(explicit, cpu) == explicit  # explicit wins, no probe
     with network_precision("auto", cpu):
         dtype = torch.nn.Conv2d(1, 1, 1)(torch.ones(1, 1, 1, 1)).dtype
     assert dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
 
 
 def test_sampling_precision_auto_is_decided_once(
-    monkeypatch: pytest.MonkeyPatch, fresh_sampling_choice: None
+    monkeypatch: pytest.MonkeyPatch, fresh_choice: None
 ) -> None:
     calls = []
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS.split()))
     monkeypatch.setattr(hardware, "autocast_probe", lambda: calls.append(1) or (0.010, 0.004))
     assert [hardware.auto_sampling_precision("cpu") for _ in range(3)] == ["bf16"] * 3
-    assert len(calls) == 1  # one probe per process, not one per sampling step
+    assert training.resolve_precision("auto", "cpu") == "bf16-mixed"  # training agrees
+    assert len(calls) == 1  # one probe per process, for training and every sampling step
     assert hardware.auto_sampling_precision("mps") == "fp32"
 
 
-@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+@pytest.mark.parametrize(("major", "expected"), [(9, "bf16"), (8, "bf16"), (7, "fp32")])
 def test_sampling_precision_auto_on_a_gpu_needs_native_bf16(
-    native: bool, expected: str, monkeypatch: pytest.MonkeyPatch, fresh_sampling_choice: None
+    major: int, expected: str, monkeypatch: pytest.MonkeyPatch, fresh_choice: None
 ) -> None:
-    """Before Ampere torch emulates bf16 (slower than fp32): auto asks for the native kind."""
+    """Before Ampere (compute capability 8) torch emulates bf16, slower than fp32: auto asks the
+    device it samples on, not the current one."""
     import torch
 
     asked = []
-
-    def supported(including_emulation: bool = True) -> bool:
-        asked.append(including_emulation)
-        return native or including_emulation
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
-    assert hardware.auto_sampling_precision("cuda") == expected
-    assert asked == [False]
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda d: asked.append(d) or (major, 0)
+    )
+    assert hardware.auto_sampling_precision("cuda:1") == expected
+    assert asked == [torch.device("cuda:1")]

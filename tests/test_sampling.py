@@ -72,13 +72,28 @@ def test_bf16_precision_runs_the_network_in_bf16_and_draws_the_same_images(gen):
     assert (low - full).abs().mean() < 0.02  # 1/50 of the [0, 1] range, on average
 
 
-def test_auto_precision_is_recorded_as_the_precision_that_ran(gen, monkeypatch):
-    """Generator.settings turns precision "auto" into what it means on the generator's device,
-    so samples.json and evaluate.py's report name the precision that ran."""
-    import facediff.inference.generator as generator
+@pytest.mark.parametrize("flags", ["amx_bf16", "avx2"])
+def test_auto_precision_is_recorded_as_the_precision_that_ran(gen, monkeypatch, flags):
+    """precision "auto": the network runs in what the machine's rule chose, and Generator.settings
+    records that precision (samples.json, evaluate.py's report), never "auto"."""
+    import facediff.hardware as hardware
 
-    monkeypatch.setattr(generator, "resolve_precision", lambda p, d: "bf16" if p == "auto" else p)
-    assert gen.settings(precision="auto").precision == "bf16"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset([flags]))
+    monkeypatch.setattr(hardware, "autocast_probe", lambda: (0.010, 0.004))
+    for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
+        decided.cache_clear()
+    seen = []
+    hook = gen.net.input_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        recorded = gen.settings(precision="auto").precision
+        gen.sample(n_per_class=1, precision="auto", steps=2)
+    finally:
+        hook.remove()
+        for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
+            decided.cache_clear()
+    expected = "bf16" if flags == "amx_bf16" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    assert recorded == expected and set(seen) == {dtype}
     assert gen.settings(precision="fp32").precision == "fp32"
 
 

@@ -114,20 +114,20 @@ def guided_output(
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> dtype
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def sampling_precision(precision: str, device: torch.device) -> str:
     """The concrete precision ("fp32" | "bf16" | "fp16") that `precision` means on `device`:
-    "auto" is bf16 on GPUs with bf16 and on CPUs whose bf16 matrix units (AMX, AVX512-BF16)
-    measure faster, fp32 elsewhere (facediff.hardware.auto_sampling_precision)."""
+    "auto" is bf16 on GPUs with native bf16 and on CPUs whose bf16 matrix units (AMX,
+    AVX512-BF16) measure faster, fp32 elsewhere (facediff.hardware.auto_sampling_precision)."""
     if precision != "auto":
         return precision
-    return auto_sampling_precision(device.type)
+    return auto_sampling_precision(str(device))
 
 
 def network_precision(precision: str, device: torch.device) -> AbstractContextManager[object]:
     """Autocast for the network's passes while sampling ("fp32": none; "auto": see
-    `resolve_precision`). bf16 pays on GPUs and on CPUs with bf16 matrix units (AMX); on other
+    `sampling_precision`). bf16 pays on GPUs and on CPUs with bf16 matrix units (AMX); on other
     CPUs it is much slower (BENCHMARKS.md)."""
-    precision = resolve_precision(precision, device)
+    precision = sampling_precision(precision, device)
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

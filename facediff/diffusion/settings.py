@@ -18,7 +18,7 @@ from typing import Any
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SPACINGS = ("trailing", "linspace")  # see sampling.spaced_timesteps
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # the network's passes; sampling.resolve_precision
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see sampling.sampling_precision
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "sampling" / "default.yaml"
 
 
@@ -33,7 +33,7 @@ class SamplingSettings:
     spacing: which `steps` of the T timesteps: "trailing" | "linspace" (sampling.spaced_timesteps);
     precision: the network's forward passes: "auto" | "fp32" | "bf16" | "fp16" (autocast; the
         sampler's own arithmetic stays fp32); "auto" is bf16 where the device computes it fast
-        and fp32 elsewhere (sampling.resolve_precision).
+        and fp32 elsewhere (sampling.sampling_precision).
     """
 
     sampler: str

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from facediff.checkpoint import CheckpointError, load_checkpoint
 from facediff.diffusion.objective import Objective, build_diffusion
-from facediff.diffusion.sampling import check_fits, resolve_precision, sample
+from facediff.diffusion.sampling import check_fits, sample, sampling_precision
 from facediff.diffusion.schedule import NoiseSchedule
 from facediff.diffusion.settings import SamplingSettings
 from facediff.models.registry import build_model
@@ -153,7 +153,7 @@ class Generator:
         base = SamplingSettings.defaults() if settings is None else settings
         settings = SamplingSettings.from_config(changes, base, num_steps=self.num_steps)
         check_fits(settings, self.schedule, self.objective)
-        return settings.replace(precision=resolve_precision(settings.precision, self.device))
+        return settings.replace(precision=sampling_precision(settings.precision, self.device))
 
     @torch.no_grad()
     def generate(

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
 from facediff import tensor_figures as figures
-from facediff.diffusion.sampling import check_fits
+from facediff.diffusion.sampling import check_fits, network_precision
 from facediff.diffusion.settings import SamplingSettings
 from facediff.inference import model_figures
 from facediff.inference.generator import Generator
@@ -117,8 +117,9 @@ class EMAValidationCallback(Callback, ABC):
     def estimate_call(self, pl_module: L.LightningModule) -> float:
         """Seconds that one call will take, before any has run, so that the cap holds from the
         first cadence point on: one timed network evaluation on the batch the sampler draws
-        (both halves with guidance), times the sampler's steps. A lower bound (figures and
-        metrics add work); after the first call its measured cost replaces it."""
+        (both halves with guidance), in the sampling precision, times the sampler's steps. A
+        lower bound (figures and metrics add work); after the first call its measured cost
+        replaces it."""
         n = self.n_per_class * pl_module.num_classes
         n *= 1 if self.sampling.guidance == 1.0 else 2
         size = pl_module.hparams.image_size
@@ -128,7 +129,7 @@ class EMAValidationCallback(Callback, ABC):
         was_training = pl_module.training
         pl_module.eval()
         on_gpu = x.device.type == "cuda"  # CUDA runs asynchronously: time it synchronised
-        with torch.no_grad():
+        with torch.no_grad(), network_precision(self.sampling.precision, x.device):
             if on_gpu:  # untimed: a first call at a new shape pays one-off costs there
                 pl_module.net(x, t, y)
                 torch.cuda.synchronize(x.device)

@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from facediff.diffusion.sampling import resolve_precision
+from facediff.diffusion.sampling import sampling_precision
 from facediff.diffusion.settings import SamplingSettings
 from facediff.evaluation import metrics
 from facediff.evaluation.classifier import FaceClassifier, classifier_for, predict
@@ -84,7 +84,7 @@ class EvalMetrics(EMAValidationCallback):
         # probe on a CPU, which could differ between ranks) and the others take its choice
         choice = None
         if trainer.is_global_zero:
-            choice = resolve_precision(self.sampling.precision, pl_module.device)
+            choice = sampling_precision(self.sampling.precision, pl_module.device)
         self.sampling = self.sampling.replace(precision=trainer.strategy.broadcast(choice, src=0))
         if self.clf is not None:
             return

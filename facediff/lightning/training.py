@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from facediff.checkpoint import check_resumable
 from facediff.config_checks import check_train_config
 from facediff.data.build import build_datamodule
-from facediff.hardware import autocast_probe, cpu_auto_precision, cpu_flags, cpu_model
+from facediff.hardware import cpu_choice, cpu_model
 from facediff.lightning.checkpoint_io import AtomicCheckpointIO
 from facediff.lightning.distributed import launched_as_rank_zero, refuse_relaunch_in_multirun
 from facediff.lightning.loggers import build_logger, config_for_logging, finish_loggers
@@ -37,7 +37,7 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         return "16-mixed"
-    choice, reason = cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+    choice, reason = cpu_choice()  # shared with sampling's auto: one probe, one decision
     log.info("precision auto on CPU (%s): %s, because %s", cpu_model(), choice, reason)
     return choice
 
