@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ def fresh_choice():
     yield
     for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
         decided.cache_clear()
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, fresh_choice: None):
+    """Pretend to be a CPU with `flags` whose probe step takes `probe` = (fp32 s, bf16 s)."""
+
+    def pretend(flags: str, probe: tuple[float, float] = (0.010, 0.004)) -> None:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
+        monkeypatch.setattr(hardware, "autocast_probe", lambda: probe)
+
+    return pretend
 
 
 @pytest.mark.parametrize(
@@ -63,12 +75,10 @@ def test_cpu_flags_and_model_from_cpuinfo(tmp_path: Path) -> None:
 def test_resolve_precision_auto_on_cpu_logs_choice(
     flags: str,
     expected: str,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    fresh_choice: None,
+    fake_cpu: Callable[..., None],
 ) -> None:
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
-    monkeypatch.setattr(hardware, "autocast_probe", lambda: (0.010, 0.004))  # bf16 2.5x faster
+    fake_cpu(flags, (0.010, 0.004))  # bf16 2.5x faster
     with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
         assert training.resolve_precision("auto", "cpu") == expected
     assert expected in caplog.text and "native bf16" in caplog.text
@@ -120,16 +130,14 @@ def test_sampling_precision_auto_on_cpu_follows_the_training_rule(
     flags: str,
     probe: tuple[float, float],
     expected: str,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    fresh_choice: None,
+    fake_cpu: Callable[..., None],
 ) -> None:
     import torch
 
     from facediff.diffusion.sampling import network_precision, sampling_precision
 
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
-    monkeypatch.setattr(hardware, "autocast_probe", lambda: probe)
+    fake_cpu(flags, probe)
     cpu = torch.device("cpu")
     with caplog.at_level(logging.INFO, logger="facediff.hardware"):
         assert sampling_precision("auto", cpu) == expected
