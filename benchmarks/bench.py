@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = common.pick_device(args.device)
     offered = ["fp32", *common.mixed_precisions(device)]
     precisions = offered if args.precisions == "all" else csv(args.precisions)
-    unknown = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    unknown = [p for p in precisions if p not in ("fp32", *common.DTYPES)]
     if unknown:  # e.g. "auto": every row names the precision it measured
         raise SystemExit(f"--precisions: unknown {unknown}; name them (fp32,bf16,fp16) or 'all'.")
     sections = csv(args.only)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from facediff.diffusion.sampling import AUTOCAST_DTYPES as DTYPES
+from facediff.hardware import gpu_has_native_bf16
 
 # environment variables that cap the instruction set of oneDNN, ATen's kernels and MKL
 ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
@@ -33,8 +34,7 @@ def pick_device(name: str | None = None) -> torch.device:
 def mixed_precisions(device: torch.device) -> list[str]:
     """The autocast precisions this device offers for training (besides fp32)."""
     if device.type == "cuda":
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return (["bf16"] if native_bf16 else []) + ["fp16"]
+        return (["bf16"] if gpu_has_native_bf16(str(device)) else []) + ["fp16"]
     return ["bf16"]  # CPU autocast: bfloat16
 
 

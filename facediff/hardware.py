@@ -113,6 +113,15 @@ def cpu_choice() -> tuple[str, str]:
     return cpu_auto_precision(cpu_flags(), probe=autocast_probe)
 
 
+def gpu_has_native_bf16(device: str = "cuda") -> bool:
+    """Whether the CUDA `device` computes bf16 natively (compute capability 8+, Ampere and
+    later); before that torch emulates it, slower than fp32, though `is_bf16_supported()`
+    counts the emulation by default."""
+    import torch
+
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
 @cache
 def auto_sampling_precision(device: str) -> str:
     """The sampling precision that `precision: auto` stands for on `device` ("cpu", "cuda",
@@ -124,7 +133,7 @@ def auto_sampling_precision(device: str) -> str:
     import torch
 
     kind = torch.device(device).type
-    if kind == "cuda" and torch.cuda.get_device_capability(torch.device(device))[0] >= 8:
+    if kind == "cuda" and gpu_has_native_bf16(device):
         choice, reason = "bf16", "the GPU computes bf16 natively"
     elif kind == "cuda":
         choice, reason = "fp32", "the GPU has no native bf16 (fp16 stays opt-in: precision=fp16)"
