@@ -129,6 +129,9 @@ def print_train(train: dict[str, dict[str, Any]]) -> None:
             print(f"| {key} | - | - | error: {r['error'][:80]} | | | | |")
             continue
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.1f}"
+        bad = r.get("nonfinite_steps", 0)
+        if bad:  # the rate of a step whose gradients are NaN is no training rate
+            key = f"{key} (NaN/inf gradients in {bad} of {r['steps']} steps)"
         print(
             f"| {key} | {r['size']} | {r['params'] / 1e6:.1f}M | {fmt(r['img_per_s'])} | "
             f"{r['ms_per_step']['median']:.0f} | {r['gflop_per_img']:.1f} | {share} | "

@@ -79,6 +79,7 @@ class TrainStep:
         self.x0 = x0.to(device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 4, (batch,), generator=g).to(device)  # 3 = the null class
         self.ema_seconds: list[float] = []
+        self.grad_norms: list[Tensor] = []  # one per step: a NaN step is no training rate
 
     def loss(self) -> Tensor:
         t = torch.randint(0, self.schedule.num_steps, (self.batch,), device=self.device)
@@ -96,7 +97,7 @@ class TrainStep:
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.grad_norms.append(torch.nn.utils.clip_grad_norm_(self.params, 1.0).detach())
         self.scaler.step(self.opt)
         self.scaler.update()
         sync(self.device)
@@ -159,6 +160,10 @@ def run_training(
             "ms_per_step": summarize([s * 1e3 for s in secs]),
             "step_seconds": secs,  # one per round, in order: pairs rounds across cases
             "ema_share": summarize([e / s for e, s in zip(ema, secs, strict=True)]),
+            # steps whose gradient norm was NaN/inf (fp16's GradScaler skips a few at the start;
+            # every step: a broken kernel, e.g. torch.compile in bf16 on a CPU, run 24)
+            "nonfinite_steps": sum(not bool(n.isfinite()) for n in st.grad_norms),
+            "steps": len(st.grad_norms),
             "gflop_per_img": flops[case.model] / 1e9,
             "achieved_gflops": achieved / 1e9,
             "peak_share": None if not peak else achieved / 1e9 / peak,

@@ -94,3 +94,16 @@ def test_auto_precision():
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     expected = "16-mixed" if torch.cuda.is_available() else on_cpu
     assert resolve_precision("auto", "auto") == expected
+
+
+def test_compile_on_a_cpu_keeps_fp32():
+    """torch's CPU inductor gives NaN gradients in bf16 (BENCHMARKS.md run 24): auto picks fp32
+    and an explicit 16-bit precision is refused, naming the fix; a GPU is unaffected."""
+    assert resolve_precision("auto", "cpu", compile=True) == "32-true"
+    assert resolve_precision("32-true", "cpu", compile=True) == "32-true"
+    assert resolve_precision("auto", "gpu", compile=True) == "16-mixed"
+    assert resolve_precision("bf16-mixed", "gpu", compile=True) == "bf16-mixed"
+    fix = r"module\.compile=false, or trainer\.precision=32-true"
+    for low in ("bf16-mixed", "16-mixed", "bf16-true"):
+        with pytest.raises(ValueError, match=fix):
+            resolve_precision(low, "cpu", compile=True)

@@ -128,6 +128,36 @@ def test_train_py_killed_by_sigterm_exits_143_and_its_resume_command_resumes(tmp
     assert load_checkpoint(last)["global_step"] == step + 1
 
 
+def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path, demo_cache):
+    """SLURM, `timeout` and `kill -- -PGID` signal every process of the job, data loader
+    workers included: a worker killed by it made torch raise in the middle of the save (a
+    lent H100's run lost its last.ckpt so, BENCHMARKS.md run 24). Workers ignore the stop
+    signals and leave the stopping to the main process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    args = [*TINY, *SHORT, f"paths.cache_dir={demo_cache}", "trainer.max_steps=100000",
+            "data.num_workers=1", "+callbacks.model_checkpoint.every_n_train_steps=2",
+            "run_name=group"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as under SLURM
+    )
+    last = tmp_path / "outputs/demo/group/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its loader worker alike
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, output[-3000:]
+    step = load_checkpoint(last)["global_step"]
+    assert f"Training stopped by SIGTERM at step {step}: saved" in output, output[-3000:]
+    assert "killed by signal" not in output
+
+
 def test_lightnings_sigterm_exit_becomes_preempted():
     stop = as_preempted(SIGTERMException(), step=7)
     assert stop.code == 143 and stop.step == 7 and stop.checkpoint is None

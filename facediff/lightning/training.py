@@ -28,15 +28,34 @@ from facediff.lightning.sweeps import in_multirun, objective_value
 log = logging.getLogger(__name__)
 
 
-def resolve_precision(precision: Any, accelerator: str) -> Any:
+def resolve_precision(precision: Any, accelerator: str, compile: bool = False) -> Any:
     """`auto`: 16-bit mixed precision on a GPU; on a CPU bf16-mixed where it has native bf16
     matrix units (AMX or AVX512-BF16) and a probe step measures bf16 faster, fp32 elsewhere
-    (facediff.hardware; BENCHMARKS.md). The choice and its reason are logged."""
+    (facediff.hardware; BENCHMARKS.md). The choice and its reason are logged.
+
+    `compile` on a CPU keeps fp32: torch's inductor gives NaN gradients there for a bf16
+    GroupNorm -> linear -> residual (every attention block; BENCHMARKS.md run 24), so `auto`
+    picks fp32 and an explicit 16-bit precision is refused with the fix."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    low_precision = precision != "auto" and not str(precision).startswith(("32", "64"))
+    if compile and not on_gpu and low_precision:
+        raise ValueError(
+            f"module.compile=true with trainer.precision={precision} on a CPU: torch "
+            f"{torch.__version__}'s inductor gives NaN gradients for 16-bit GroupNorm -> linear "
+            "-> residual (every step would be skipped; BENCHMARKS.md run 24), and compiling buys "
+            "no speed on a CPU (run 23). Use module.compile=false, or trainer.precision=32-true "
+            "to compile in fp32."
+        )
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         return "16-mixed"
+    if compile:
+        log.info(
+            "precision auto on CPU with module.compile=true: 32-true, because torch's inductor "
+            "gives NaN gradients in bf16 on a CPU (BENCHMARKS.md run 24)"
+        )
+        return "32-true"
     choice, reason = cpu_choice()  # shared with sampling's auto: one probe, one decision
     log.info("precision auto on CPU (%s): %s, because %s", cpu_model(), choice, reason)
     return choice
@@ -64,7 +83,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Trainer with the configured callbacks and logger, writing into `paths.output_dir`."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = build_logger(cfg.get("logger"))
-    precision = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
+    precision = resolve_precision(
+        cfg.trainer.precision, str(cfg.trainer.accelerator), bool(cfg.module.compile)
+    )
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
