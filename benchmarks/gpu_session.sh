@@ -15,8 +15,9 @@
 #           the machine's host CPU on 2 threads (the H100's has AMX): precision auto's choice there,
 #           fp32 against bf16 autocast for unet_attn, the peer and unet at CPU_BATCH
 #       OUT=$OUT/train BUDGET=330 bash benchmarks/gpu_session.sh train auto|STEPS
-#           utkface64 (16-mixed) for STEPS steps (auto: as many as the bench's measured rate fits
-#           in the budget) on the carried faces (the demo data without them), evaluate.py on its
+#           utkface64 (16-mixed, compiled with CUDA graphs: ~100 s of compiling first, then
+#           18.95 steps/s on an H100, run 24) for STEPS steps (auto: from the bench's eager rate,
+#           on the safe side) on the carried faces (the demo data without them), evaluate.py on its
 #           last checkpoint, and its EMA weights in fp16 as <=16 MB parts (ema_fp16.ckpt.partNN,
 #           `cat` them together) for figures on a machine without a GPU
 #
