@@ -12,7 +12,9 @@ So those CPUs keep fp32. Where the units are there, bf16 is chosen only if a pro
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BF16_MATRIX_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_MARGIN = 0.9  # bf16 is chosen when its probe step takes under 90% of fp32's
+CHOICE_ENV = "FACEDIFF_CPU_CHOICE"  # a process's CPU decision, for the processes it starts
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -106,11 +109,29 @@ def cpu_auto_precision(
     return "32-true", f"{units}, but {measured}: bf16 is not at least 10% faster here"
 
 
+def cpu_identity() -> str:
+    """This CPU's model and a digest of its flags: whom a decision in `CHOICE_ENV` is for."""
+    flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
+    return f"{cpu_model()} [{flags}]"
+
+
 @cache
 def cpu_choice() -> tuple[str, str]:
     """`cpu_auto_precision` for this machine's CPU with its probe, decided once per process, so
-    that training's and sampling's `precision: auto` agree and the probe runs once."""
-    return cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+    that training's and sampling's `precision: auto` agree and the probe runs once.
+
+    The decision is left in the environment (`CHOICE_ENV`) for the processes this one starts:
+    Lightning's DDP ranks re-run train.py, and each rank probing on its own could land on either
+    side of the 10% margin, so the ranks of one CPU DDP run could train in different precisions.
+    A process takes an inherited decision only on a CPU of the same model and flags (a job
+    submitted from a login node to other machines decides afresh)."""
+    identity, _, inherited = os.environ.get(CHOICE_ENV, "").partition("\t")
+    choice, _, reason = inherited.partition("\t")
+    if identity == cpu_identity() and choice in ("bf16-mixed", "32-true"):
+        return choice, f"{reason} (decided by the process that started this one)"
+    choice, reason = cpu_auto_precision(cpu_flags(), probe=autocast_probe)
+    os.environ[CHOICE_ENV] = f"{cpu_identity()}\t{choice}\t{reason}"
+    return choice, reason
 
 
 def gpu_has_native_bf16(device: str = "cuda") -> bool:

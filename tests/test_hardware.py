@@ -19,9 +19,10 @@ EPYC_AVX2 = "fpu sse avx avx2 fma"
 
 
 @pytest.fixture
-def fresh_choice():
-    """`precision: auto` is decided once per process (`cpu_choice`, `auto_sampling_precision`):
-    forget the decisions around a test."""
+def fresh_choice(monkeypatch: pytest.MonkeyPatch):
+    """`precision: auto` is decided once per process (`cpu_choice`, `auto_sampling_precision`)
+    and handed to child processes in the environment: forget the decisions around a test."""
+    monkeypatch.setenv(hardware.CHOICE_ENV, "")  # restored (unset) after the test
     for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
         decided.cache_clear()
     yield
@@ -116,6 +117,22 @@ def test_autocast_probe_runs_where_sampling_runs(mode: str) -> None:
         fp32_s, bf16_s = autocast_probe(reps=1)
         assert not torch.is_grad_enabled()  # and the caller's mode is back afterwards
     assert fp32_s > 0 and bf16_s > 0
+
+
+def test_started_processes_inherit_the_decision_on_the_same_cpu(
+    fake_cpu: Callable[..., None],
+) -> None:
+    """A DDP rank (a process started by the one that decided) takes its starter's decision
+    from the environment instead of probing, unless it runs on another kind of CPU."""
+    fake_cpu(SAPPHIRE_RAPIDS, (0.010, 0.004))  # bf16 2.5x faster
+    assert hardware.cpu_choice()[0] == "bf16-mixed"
+    hardware.cpu_choice.cache_clear()  # as in a new process with the same environment
+    fake_cpu(SAPPHIRE_RAPIDS, (0.010, 0.0095))  # its own probe would say fp32
+    choice, reason = hardware.cpu_choice()
+    assert choice == "bf16-mixed" and "decided by the process that started this one" in reason
+    hardware.cpu_choice.cache_clear()
+    fake_cpu(EPYC_AVX2)  # another machine: decides afresh
+    assert hardware.cpu_choice()[0] == "32-true"
 
 
 @pytest.mark.parametrize(
