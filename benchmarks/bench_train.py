@@ -162,8 +162,8 @@ def run_training(
             "ema_share": summarize([e / s for e, s in zip(ema, secs, strict=True)]),
             # steps whose gradient norm was NaN/inf (fp16's GradScaler skips a few at the start;
             # every step: a broken kernel, e.g. torch.compile in bf16 on a CPU, run 24)
-            "nonfinite_steps": sum(not bool(n.isfinite()) for n in st.grad_norms),
-            "steps": len(st.grad_norms),
+            "nonfinite_steps": sum(not bool(n.isfinite()) for n in st.grad_norms[-len(secs) :]),
+            "steps": len(secs),  # the timed ones
             "gflop_per_img": flops[case.model] / 1e9,
             "achieved_gflops": achieved / 1e9,
             "peak_share": None if not peak else achieved / 1e9 / peak,

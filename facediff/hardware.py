@@ -123,8 +123,8 @@ def cpu_choice() -> tuple[str, str]:
     The decision is left in the environment (`CHOICE_ENV`) for the processes this one starts:
     Lightning's DDP ranks re-run train.py, and each rank probing on its own could land on either
     side of the 10% margin, so the ranks of one CPU DDP run could train in different precisions.
-    A process takes an inherited decision only on a CPU of the same model and flags (a job
-    submitted from a login node to other machines decides afresh)."""
+    A process takes an inherited decision only on a CPU of the same model and flags: a process
+    started on a machine with another CPU decides afresh."""
     identity, _, inherited = os.environ.get(CHOICE_ENV, "").partition("\t")
     choice, _, reason = inherited.partition("\t")
     if identity == cpu_identity() and choice in ("bf16-mixed", "32-true"):

@@ -15,6 +15,16 @@ ImageWriter = Callable[..., Path]
 DEMO_CLASSES = ("glasses", "hat", "beard")
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_cpu_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`precision: auto`'s CPU decision travels to child processes in the environment
+    (facediff.hardware.CHOICE_ENV): each test starts without one and leaves none behind, so
+    what a test's train.py subprocess decides never depends on the tests before it."""
+    from facediff.hardware import CHOICE_ENV
+
+    monkeypatch.setenv(CHOICE_ENV, "")
+
+
 @pytest.fixture(scope="session")
 def demo_faces() -> Callable[[int, int], tuple[object, object]]:
     """`demo_faces(size, per_class)`: demo faces of every class as (N, 3, size, size) floats in

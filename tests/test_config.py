@@ -104,6 +104,7 @@ def test_compile_on_a_cpu_keeps_fp32():
     assert resolve_precision("auto", "gpu", compile=True) == "16-mixed"
     assert resolve_precision("bf16-mixed", "gpu", compile=True) == "bf16-mixed"
     fix = r"module\.compile=false, or trainer\.precision=32-true"
-    for low in ("bf16-mixed", "16-mixed", "bf16-true"):
+    assert resolve_precision(None, "cpu", compile=True) is None  # Lightning's default: fp32
+    for low in ("bf16-mixed", "16-mixed", "bf16-true", "16", 16, "bf16"):
         with pytest.raises(ValueError, match=fix):
             resolve_precision(low, "cpu", compile=True)

@@ -19,10 +19,9 @@ EPYC_AVX2 = "fpu sse avx avx2 fma"
 
 
 @pytest.fixture
-def fresh_choice(monkeypatch: pytest.MonkeyPatch):
-    """`precision: auto` is decided once per process (`cpu_choice`, `auto_sampling_precision`)
-    and handed to child processes in the environment: forget the decisions around a test."""
-    monkeypatch.setenv(hardware.CHOICE_ENV, "")  # restored (unset) after the test
+def fresh_choice():
+    """`precision: auto` is decided once per process (`cpu_choice`, `auto_sampling_precision`):
+    forget the decisions around a test (conftest's autouse fixture clears the inherited one)."""
     for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
         decided.cache_clear()
     yield

@@ -128,6 +128,7 @@ def test_train_py_killed_by_sigterm_exits_143_and_its_resume_command_resumes(tmp
     assert load_checkpoint(last)["global_step"] == step + 1
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups and signals")
 def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path, demo_cache):
     """SLURM, `timeout` and `kill -- -PGID` signal every process of the job, data loader
     workers included: a worker killed by it made torch raise in the middle of the save (a
@@ -156,6 +157,29 @@ def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path, demo_c
     step = load_checkpoint(last)["global_step"]
     assert f"Training stopped by SIGTERM at step {step}: saved" in output, output[-3000:]
     assert "killed by signal" not in output
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_worker_leaves_a_while_after_sigterm_and_ignores_sigusr1():
+    """In a loader worker SIGTERM starts a countdown (SIGALRM's default action ends it later,
+    so a worker never outlives a main process that waits for it) and SIGUSR1 does nothing."""
+    code = (
+        "import os, signal\n"
+        "from facediff.data.workers import defer_stop_signals, WORKER_GRACE_S\n"
+        "defer_stop_signals(0)\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "left = signal.alarm(0)\n"
+        "print(0 < left <= WORKER_GRACE_S, left)\n"
+        "signal.alarm(1)\n"
+        "signal.pause()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.startswith("True"), proc.stdout + proc.stderr
+    assert proc.returncode == -signal.SIGALRM  # alive after both signals, ended by the alarm
 
 
 def test_lightnings_sigterm_exit_becomes_preempted():

@@ -80,7 +80,6 @@ def test_auto_precision_is_recorded_as_the_precision_that_ran(gen, monkeypatch, 
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset([flags]))
     monkeypatch.setattr(hardware, "autocast_probe", lambda: (0.010, 0.004))
-    monkeypatch.setenv(hardware.CHOICE_ENV, "")  # no decision inherited; unset afterwards
     for decided in (hardware.cpu_choice, hardware.auto_sampling_precision):
         decided.cache_clear()
     seen = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,20 +36,10 @@ from facediff.data.transforms import (
     build_train_collate,
     build_train_transform,
 )
+from facediff.data.workers import defer_stop_signals
 from facediff.untrusted import check_names
 
 log = logging.getLogger("facediff.data")
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker ignores SIGTERM and SIGUSR1 and leaves stopping to the main process.
-
-    SLURM, `timeout` and `kill -- -PGID` signal every process of a job: a worker killed by
-    it made torch raise in the main process in the middle of the preemption save, and the run
-    lost its `last.ckpt` (BENCHMARKS.md, run 24). Workers still exit with the main process
-    (torch's watchdog and the loader's shutdown)."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -234,7 +223,7 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=defer_stop_signals,
             **kwargs,
         )
 

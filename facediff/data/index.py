@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from facediff.atomic import atomic_save
 from facediff.caches import keyed_payload, load_keyed
 from facediff.data.decode import Decoded, read_and_decode
+from facediff.data.workers import defer_stop_signals
 
 log = logging.getLogger("facediff.data")
 
@@ -98,6 +99,7 @@ def decode_files(
         batch_size=64,
         num_workers=num_workers,
         collate_fn=_collate,
+        worker_init_fn=defer_stop_signals,  # a job's SIGTERM: the main process stops first
         # every DataLoader iterator draws a seed; from its own generator it leaves the global
         # stream alone, so a training run does not depend on whether its index was cached
         generator=torch.Generator(),

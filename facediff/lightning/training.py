@@ -37,8 +37,9 @@ def resolve_precision(precision: Any, accelerator: str, compile: bool = False) -
     GroupNorm -> linear -> residual (every attention block; BENCHMARKS.md run 24), so `auto`
     picks fp32 and an explicit 16-bit precision is refused with the fix."""
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    low_precision = precision != "auto" and not str(precision).startswith(("32", "64"))
-    if compile and not on_gpu and low_precision:
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    low_precision = precision not in ("auto", None) and not str(precision).startswith(("32", "64"))
+    if compile and on_cpu and low_precision:
         raise ValueError(
             f"module.compile=true with trainer.precision={precision} on a CPU: torch "
             f"{torch.__version__}'s inductor gives NaN gradients for 16-bit GroupNorm -> linear "
