@@ -47,6 +47,30 @@ def half_then_fail(real_save):
     return save
 
 
+def train_until_a_checkpoint(
+    tmp_path: Path, demo_cache: Path, run_name: str, *extra: str, **popen: object
+) -> tuple[subprocess.Popen[str], Path, dict[str, str]]:
+    """Start a tiny endless train.py and return once its `last.ckpt` exists (or it ended)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    args = [*TINY, *SHORT, f"paths.cache_dir={demo_cache}", "trainer.max_steps=100000",
+            "+callbacks.model_checkpoint.every_n_train_steps=2", f"run_name={run_name}",
+            *extra]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,  # type: ignore[call-overload]
+    )
+    last = tmp_path / f"outputs/demo/{run_name}/checkpoints/last.ckpt"  # experiment=demo's task
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc, last, env
+
+
 def test_sigusr1_saves_last_ckpt_and_exits_138_then_a_killed_write_keeps_it(tiny_cfg, monkeypatch):
     before = handlers()
     cfg = tiny_cfg(*SHORT, "trainer.max_steps=50")
@@ -83,27 +107,7 @@ def test_sigterm_during_the_sanity_check_saves_at_the_first_step(tiny_cfg, monke
 
 
 def test_train_py_killed_by_sigterm_exits_143_and_its_resume_command_resumes(tmp_path, demo_cache):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    args = [
-        *TINY,
-        *SHORT,
-        f"paths.cache_dir={demo_cache}",
-        "trainer.max_steps=100000",
-        "+callbacks.model_checkpoint.every_n_train_steps=2",
-        "run_name=night-run",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    last = tmp_path / "outputs/demo/night-run/checkpoints/last.ckpt"  # experiment=demo's task
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc, last, env = train_until_a_checkpoint(tmp_path, demo_cache, "night-run")
     proc.send_signal(signal.SIGTERM)  # training is under way: a checkpoint exists
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, output[-3000:]
@@ -132,25 +136,12 @@ def test_train_py_killed_by_sigterm_exits_143_and_its_resume_command_resumes(tmp
 def test_sigterm_to_the_process_group_spares_the_loader_workers(tmp_path, demo_cache):
     """SLURM, `timeout` and `kill -- -PGID` signal every process of the job, data loader
     workers included: a worker killed by it made torch raise in the middle of the save (a
-    lent H100's run lost its last.ckpt so, BENCHMARKS.md run 24). Workers ignore the stop
-    signals and leave the stopping to the main process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    args = [*TINY, *SHORT, f"paths.cache_dir={demo_cache}", "trainer.max_steps=100000",
-            "data.num_workers=1", "+callbacks.model_checkpoint.every_n_train_steps=2",
-            "run_name=group"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    lent H100's run lost its last.ckpt so, BENCHMARKS.md run 24). Workers outlive the signal
+    and leave the stopping to the main process."""
+    proc, last, _ = train_until_a_checkpoint(
+        tmp_path, demo_cache, "group", "data.num_workers=1",
         start_new_session=True,  # its own process group, as under SLURM
-    )
-    last = tmp_path / "outputs/demo/group/checkpoints/last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    )  # fmt: skip
     os.killpg(proc.pid, signal.SIGTERM)  # the main process and its loader worker alike
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, output[-3000:]
