@@ -205,7 +205,7 @@ def check_train_config(cfg: DictConfig) -> None:
     c.integer("module.val_timesteps", 1)
     c.integer("module.val_seed", 0)
     c.choice("module.channels_last", (True, False))
-    c.choice("module.compile", (True, False))
+    c.choice("module.compile", (True, False, "auto"))
     c.choice("module.compile_mode", COMPILE_MODES)
 
     c.choice("trainer.precision", PRECISIONS)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
 from facediff.checkpoint import load_checkpoint
 from facediff.inference.generator import Generator
-from facediff.lightning.training import run
+from facediff.lightning.training import auto_compile, run
 
 
 def test_compiled_channels_last_run_checkpoints_resumes_and_samples(tiny_cfg, monkeypatch):
@@ -58,3 +63,41 @@ def test_compiled_channels_last_run_checkpoints_resumes_and_samples(tiny_cfg, mo
     gen = Generator.from_checkpoint(last, device="cpu")  # a plain network, whatever trained it
     images, _ = gen.sample(n_per_class=1, steps=2, seed=0)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "nodes", "triton", "expected", "why"),
+    [
+        (CUDAAccelerator, 1, 1, True, True, "2.5x faster compiled"),
+        (CUDAAccelerator, 1, 1, False, False, "Triton"),
+        (CUDAAccelerator, 2, 1, True, False, "only on one CUDA GPU"),  # DDP: not measured
+        (CUDAAccelerator, 1, 2, True, False, "only on one CUDA GPU"),
+        (CPUAccelerator, 1, 1, True, False, "only on one CUDA GPU"),  # slower, NaN in bf16
+    ],
+)
+def test_compile_auto_follows_the_measurements(
+    accelerator, devices, nodes, triton, expected, why, monkeypatch, caplog
+):
+    """`module.compile: auto` compiles on one CUDA GPU with Triton and nowhere else, and says
+    why; an explicit true or false is left to the module and the user."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        if name == "triton":
+            return object() if triton else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    trainer = SimpleNamespace(accelerator=accelerator(), num_devices=devices, num_nodes=nodes)
+    with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
+        assert auto_compile("auto", trainer) is expected
+    assert "module.compile auto: " + ("on" if expected else "off (eager)") in caplog.text
+    assert why in caplog.text
+    assert auto_compile(True, trainer) is False and auto_compile(False, trainer) is False
+
+
+def test_compile_auto_trains_eager_on_a_cpu(tiny_cfg, monkeypatch):
+    """The default (`auto`) on a CPU: the network is never handed to torch.compile."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on a CPU"))
+    cfg = tiny_cfg("trainer.max_steps=2", "trainer.max_epochs=1", "module.compile=auto")
+    run(cfg)

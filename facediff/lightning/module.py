@@ -41,7 +41,9 @@ class DiffusionModule(L.LightningModule):
             memory format (speed only; the checkpoint's weights load either way).
         compile: `torch.compile` the network's forward for the training step only (validation
             and sampling run it eager; state_dict keys stay those of the plain network: no
-            `_orig_mod.` prefix reaches checkpoints or the EMA).
+            `_orig_mod.` prefix reaches checkpoints or the EMA). "auto": train.py decides once
+            the Trainer knows its devices (`facediff.lightning.training.auto_compile`) and calls
+            `compile_training_forward`.
         compile_mode: torch.compile's mode when `compile` is on (None: its default;
             "reduce-overhead" adds CUDA graphs, which cut the host's per-operator cost on a GPU).
         optimizer: params -> optimizer, built by train.py from the composed config (conf/).
@@ -61,7 +63,7 @@ class DiffusionModule(L.LightningModule):
         val_seed: int = 0,
         data: dict[str, Any] | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_mode: str | None = None,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
@@ -79,11 +81,17 @@ class DiffusionModule(L.LightningModule):
         # compiled sample grid took 124 s against 18 s eager, BENCHMARKS.md run 19), so they run
         # the plain network. A compiled *function* is no submodule: the state_dict, the EMA copy
         # and checkpoints never see `_orig_mod.` keys.
-        self.train_forward = torch.compile(self.net.forward, mode=compile_mode) if compile else None
+        self.train_forward: Any = None
+        if compile is True:
+            self.compile_training_forward(compile_mode)
         self.schedule, self.objective = build_diffusion(diffusion)
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
         self.val_t = steps.tolist()
+
+    def compile_training_forward(self, mode: str | None) -> None:
+        """Run the training step's forward through `torch.compile(mode=mode)` from now on."""
+        self.train_forward = torch.compile(self.net.forward, mode=mode)
 
     @property
     def num_classes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,6 +64,26 @@ def resolve_precision(precision: Any, accelerator: str, compile: bool = False) -
     return choice
 
 
+def auto_compile(compile: Any, trainer: L.Trainer) -> bool:
+    """`module.compile: auto`: compile the training forward where that measured faster, i.e. on
+    one CUDA GPU with Triton (2.5x eager's steps/s inside Lightning, utkface64 on an H100,
+    BENCHMARKS.md run 24); eager on a CPU (slower compiled, runs 21 and 23, and NaN gradients
+    in bf16, run 24) and under DDP (not measured). True/false are the user's; the choice of
+    `auto` and its reason are logged."""
+    if compile != "auto":
+        return False  # an explicit true is compiled by the module itself
+    one_gpu = isinstance(trainer.accelerator, CUDAAccelerator) and trainer.num_devices == 1
+    if not one_gpu or trainer.num_nodes != 1:
+        reason = "it measured faster only on one CUDA GPU (BENCHMARKS.md runs 21, 23, 24)"
+        on = False
+    elif importlib.util.find_spec("triton") is None:
+        reason, on = "Triton, which torch.compile needs on a GPU, is not installed", False
+    else:
+        reason, on = "one CUDA GPU trained 2.5x faster compiled (BENCHMARKS.md run 24)", True
+    log.info("module.compile auto: %s, because %s", "on" if on else "off (eager)", reason)
+    return on
+
+
 def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:
     """The LightningModule of `cfg`, with plain-container hyper-parameters (checkpoint-safe)."""
 
@@ -85,7 +107,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = build_logger(cfg.get("logger"))
     precision = resolve_precision(
-        cfg.trainer.precision, str(cfg.trainer.accelerator), bool(cfg.module.compile)
+        cfg.trainer.precision, str(cfg.trainer.accelerator), cfg.module.compile is True
     )
     return instantiate(
         cfg.trainer,
@@ -113,6 +135,8 @@ def run(cfg: DictConfig) -> float | None:
     if ckpt_path:
         check_resumable(ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
+    if auto_compile(cfg.module.compile, trainer):  # CUDA graphs unless a mode is named
+        module.compile_training_forward(cfg.module.compile_mode or "reduce-overhead")
     refuse_relaunch_in_multirun(trainer, in_multirun())
     try:
         for logger in trainer.loggers:
