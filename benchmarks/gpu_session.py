@@ -31,7 +31,7 @@ def planned_steps(
     after `startup` seconds (Lightning, the data index, the evaluation classifier, and
     utkface64's compiling: ~100 s on an H100, run 24); clamped to `bounds`, so the lower bound
     can exceed a very short budget. The rate is the bench's eager one: compiled, the run trains
-    about twice as fast, so the plan errs on the safe side."""
+    about 2.5x as fast (run 24), so the plan errs on the safe side."""
     rates = [
         r["img_per_s"]["median"]
         for r in bench.get("train", {}).values()
