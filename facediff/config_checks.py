@@ -328,6 +328,11 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     c.number("memorisation.copy_ratio", 0.0, 1.0, low_open=True)
     c.integer("memorisation.copy_size", 4)
     c.integer("memorisation.n_pairs", 0)
+    profile = c.get("memorisation.profile")
+    if profile is not ABSENT and not (
+        isinstance(profile, list) and all(is_number(q) and 0.0 < q < 1.0 for q in profile)
+    ):
+        c.fail("memorisation.profile", profile, "must be a list of quantiles in (0, 1), or []")
     c.integer("sweep.n_per_class", 2)
     c.raise_if_any()
 

@@ -146,6 +146,8 @@ def compose_job(name: str, *overrides: str):
          "memorisation.quantile=1.5: must be a finite number in (0.0, 1.0)"),
         (evaluate, check_evaluate_config, ["memorisation.copy_ratio=0"],
          "memorisation.copy_ratio=0: must be a finite number in (0.0, 1.0]"),
+        (evaluate, check_evaluate_config, ["memorisation.profile=[0.01,1.0]"],
+         "memorisation.profile=[0.01, 1.0]: must be a list of quantiles in (0, 1)"),
         (evaluate, check_evaluate_config, ["classifier.lr=0"], "classifier.lr=0"),
         (evaluate, check_evaluate_config, ["sweep.n_per_class=1"], "sweep.n_per_class=1"),
     ],

@@ -63,6 +63,10 @@ def test_metrics_json_holds_every_documented_key(evaluated):
         assert 0 <= per["copied_share"] <= 1
         assert per["sharpness"] > 0 and per["sharpness_floor"] > 0
     assert saved["n_generated"] == 12 and 0 <= saved["class_consistency"] <= 1
+    profile = saved["memorised_profile"]  # conf/evaluate.yaml's quantiles, in order
+    assert [row["quantile"] for row in profile] == [0.01, 0.02, 0.05, 0.1]
+    assert all(0 <= row["share"] <= 1 for row in profile)
+    assert [row["share"] for row in profile] == sorted(row["share"] for row in profile)
 
 
 def test_real_accuracy_is_the_cached_classifiers_test_accuracy(evaluated):

@@ -93,6 +93,21 @@ def test_memorisation_audit_finds_planted_copies(faces, tiny_space):
     assert metrics.memorised_share(dist, threshold) == pytest.approx(3 / 15)
 
 
+def test_memorisation_profile_tells_copies_from_new_faces():
+    gen = torch.Generator().manual_seed(0)
+    held_out = torch.rand(2000, generator=gen) + 1.0  # real unseen faces' distances: U(1, 2)
+    quantiles = (0.01, 0.05, 0.1)
+    like_new = torch.rand(4000, generator=gen) + 1.0  # samples as far as new faces are
+    for row in metrics.memorisation_profile(like_new, held_out, quantiles):
+        assert row["share"] == pytest.approx(row["quantile"], abs=0.015)
+    copies = torch.cat([torch.zeros(200), like_new[:3800]])  # 5% exact copies
+    shares = [row["share"] for row in metrics.memorisation_profile(copies, held_out, quantiles)]
+    assert shares[0] > 0.05 and shares[1] > 0.09  # the copies sit under every quantile
+    assert metrics.memorisation_profile(copies, held_out, ()) == []
+    with pytest.raises(ValueError, match="quantiles must be in"):
+        metrics.memorisation_profile(copies, held_out, (0.0, 0.5))
+
+
 def test_diversity_is_zero_for_copies_and_grows_with_spread():
     torch.manual_seed(0)
     base = torch.randn(1, 8)

@@ -47,6 +47,13 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def profile_text(profile: Sequence[dict[str, float]] | None) -> str:
+    """`1% -> 1.1%, 5% -> 5.6%`: each held-out quantile and the samples' share under it."""
+    if not profile:
+        return "n/a"
+    return ", ".join(f"{row['quantile'] * 100:g}% -> {row['share']:.1%}" for row in profile)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -164,8 +171,12 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
             + " to ".join(fmt(v) for v in result.get("memorised_ci95", [None, None]))
             + ")",
         ),
-        ("memorised share of real held-out faces (floor)", result.get("memorised_share_floor")),
+        ("memorised share of real validation faces (floor)", result.get("memorised_share_floor")),
         ("memorisation threshold", result["memorisation_threshold"]),
+        (
+            "memorisation profile: share of samples under real held-out faces' distance quantiles",
+            profile_text(result.get("memorised_profile")),
+        ),
         (
             f"copies: pixel-space ratio < {fmt(result.get('copy_max_ratio'))} "
             "(share, count, 95% interval)",
@@ -200,8 +211,10 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "sets of real faces of the group (test and validation split, as many as were "
         "generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
-        "threshold (a low quantile of real test images' distances to the training set); memorised "
-        "floor: the same share for real validation faces, which the model never trained on. "
+        "threshold (a low quantile of real held-out images' distances to the training set, test "
+        "and validation faces); memorised floor: the same share for the real validation faces, "
+        "which the model never trained on (half of the threshold's sample, so near its quantile "
+        "by construction: the profile above compares the whole distributions). "
         "Copies: share of samples whose nearest training image, pixel by pixel, is under "
         "the ratio above times as far as the second nearest (a copy of one image, not a "
         "look-alike); copies floor: the same for real validation faces (the data's own "

@@ -121,14 +121,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     space = inception_space(weights, device) if weights else classifier_space(clf, clf_meta["key"])
     real = real_features(dm, clf, clf_meta["key"], space, cache_dir)
     threshold = cfg.memorisation.threshold
-    if threshold is None:
+    if threshold is None:  # from every real face the model never trained on
+        held_out = torch.cat([real["test_features"], real["val_features"]])
         threshold = metrics.memorisation_threshold(
-            real["test_features"], real["train_features"], cfg.memorisation.quantile
+            held_out, real["train_features"], cfg.memorisation.quantile
         )
     score = Scorer(gen, clf, space, real, float(threshold), cfg.kid.subsets, cfg.kid.subset_size,
                    cfg.batch_size, pixels=real_pixels(dm, cfg.memorisation.copy_size),
                    copy_max_ratio=float(cfg.memorisation.copy_ratio),
-                   copy_size=cfg.memorisation.copy_size)  # fmt: skip
+                   copy_size=cfg.memorisation.copy_size,
+                   profile_quantiles=tuple(cfg.memorisation.profile))  # fmt: skip
 
     def record(s: SamplingSettings) -> dict[str, Any]:  # as metrics.json lists settings
         return {**s.to_dict(), "batch_size": cfg.batch_size}

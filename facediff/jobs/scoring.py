@@ -123,12 +123,14 @@ class Scorer:
     pixels: dict[str, Tensor]
     copy_max_ratio: float
     copy_size: int
+    profile_quantiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        # Real validation faces' distances to the training set: the memorisation floor.
-        self.floor_nn_distances, _ = metrics.nearest(
-            self.real["val_features"], self.real["train_features"]
-        )
+        # Real held-out faces' distances to the training set: the memorisation profile's
+        # quantiles (test and validation faces), and the floor (validation faces).
+        held_out = torch.cat([self.real["test_features"], self.real["val_features"]])
+        self.held_out_nn, _ = metrics.nearest(held_out, self.real["train_features"])
+        self.floor_nn_distances = self.held_out_nn[len(self.real["test_features"]) :]
         # ... and their copy ratios: the data set's own near-duplicates across splits.
         self.floor_copy_ratios, _, _ = copies.copy_ratios(
             self.pixels["val"], self.pixels["train"], self.pixels["train_mirrored"]
@@ -157,6 +159,9 @@ class Scorer:
             floor_features=self.real["val_features"],
             floor_labels=self.real["val_labels"],
             floor_nn_distances=self.floor_nn_distances,
+        )
+        result["memorised_profile"] = metrics.memorisation_profile(
+            fake["nn_distances"], self.held_out_nn, self.profile_quantiles
         )
         fake["copy_ratios"], fake["copy_indices"], fake["copy_mirrored"] = copies.copy_ratios(
             copies.pixel_vectors(fake["images"], self.copy_size),
