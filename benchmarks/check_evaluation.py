@@ -4,8 +4,9 @@
 
 Class consistency and real accuracy from the saved logits (argmax), FID from the saved features
 (Frechet distance, with the matrix square root's trace from eigenvalues instead of torchmetrics'
-route), the memorised share from the saved nearest-neighbour distances and the copied share from
-the saved pixel-space copy ratios; each is printed next to metrics.json's value.
+route), the memorised share from the saved nearest-neighbour distances, the memorisation profile
+from the real held-out faces' distances (np.quantile) and the copied share from the saved
+pixel-space copy ratios; each is printed next to metrics.json's value.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def main(out: Path) -> None:
         ours["copied_share"] = float((s["copy_ratios"] < saved["copy_max_ratio"]).mean())
     for key, value in ours.items():
         print(f"{key:18s} metrics.json {saved[key]:.6f}   recomputed {value:.6f}")
+    if "held_out_nn_distances" in s:  # evaluations since the profile: its shares
+        for row in saved.get("memorised_profile", []):
+            cut = np.quantile(s["held_out_nn_distances"], row["quantile"])
+            value = float((s["nn_distances"] < cut).mean())
+            name = f"profile_{row['quantile']:g}"
+            print(f"{name:18s} metrics.json {row['share']:.6f}   recomputed {value:.6f}")
 
 
 if __name__ == "__main__":

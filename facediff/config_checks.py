@@ -315,6 +315,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     sampling settings of the main run and the sweep need the model's T:
     facediff.jobs.evaluate.check_config checks them next.)"""
     c = Checks(cfg, "evaluation")
+    c.integer("n_per_class", 2)
     c.integer("batch_size", 1)
     check_device(c)
     c.integer("data.eval_batch_size", 1, null=True)
@@ -323,7 +324,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     c.number("classifier.lr", 0.0, low_open=True)
     c.integer("kid.subsets", 1)
     c.integer("kid.subset_size", 2)
-    c.number("memorisation.quantile", 0.0, 1.0, low_open=True, high_open=True)
+    c.number("memorisation.quantile", 0.0, 1.0)
     c.number("memorisation.threshold", 0.0, null=True)
     c.number("memorisation.copy_ratio", 0.0, 1.0, low_open=True)
     c.integer("memorisation.copy_size", 4)

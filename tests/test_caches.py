@@ -217,7 +217,7 @@ def test_classifier_cache_is_reused_rebuilt_when_damaged_and_keyed_by_settings(
     tiny_dm, tmp_path: Path, caplog, monkeypatch
 ) -> None:
     dm = tiny_dm()
-    small = {"epochs": 1, "widths": [4]}
+    small = {"epochs": 1, "widths": [4], "lr": 1e-3, "seed": 0, "path": None}
     _, meta = classifier_for(dm, tmp_path / "cache", **small)
     file = tmp_path / "cache" / "classifiers" / f"classifier-{meta['key']}.pt"
     assert file.is_file()
@@ -244,6 +244,24 @@ def test_classifier_cache_is_reused_rebuilt_when_damaged_and_keyed_by_settings(
     for settings in ({"lr": 2e-3}, {"seed": 1}, {"widths": [8]}, {"epochs": 2}):
         keys.add(classifier_for(dm, tmp_path / "cache", **{**small, **settings})[1]["key"])
     assert len(keys) == 5
+
+
+def test_training_run_and_evaluate_train_the_same_classifier(
+    tiny_dm, tmp_path: Path, monkeypatch
+) -> None:
+    """The eval_metrics callback trains the classifier inside a training run (its seed in
+    PL_GLOBAL_SEED, loader workers, a random stream in use); evaluate.py in a fresh process.
+    Both must cache, under one key, the same weights, and leave the caller's stream alone."""
+    settings = {"epochs": 1, "widths": [4], "lr": 1e-3, "seed": 0, "path": None}
+    clf, meta = classifier_for(tiny_dm(), tmp_path / "evaluate", **settings)  # as evaluate.py
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # as inside train.py
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    run_clf, run_meta = classifier_for(tiny_dm(num_workers=2), tmp_path / "run", **settings)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert run_meta["key"] == meta["key"]
+    for name, weight in clf.state_dict().items():
+        assert torch.equal(run_clf.state_dict()[name], weight), name
 
 
 def test_classifier_key_covers_the_training_data_and_loader(tiny_dm) -> None:

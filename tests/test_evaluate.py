@@ -106,7 +106,7 @@ def test_train_classifier_task_reuses_the_cache(
         (["task=score"], ValueError, "Unknown task"),
         (["steps=0"], ValueError, "steps must be in"),
         (["sweep.samplers=[{sampler: euler, steps: 5}]"], ValueError, "Unknown sampler"),
-        (["n_per_class=1"], ValueError, "n_per_class must be >= 2"),
+        (["n_per_class=1"], ValueError, "n_per_class=1: must be an integer >= 2"),
         (["features.inception_weights=/nowhere/w.pth"], FileNotFoundError, "weights-inception"),
     ],
 )
@@ -137,7 +137,7 @@ def test_eval_metrics_callback_logs_a_monitorable_metric(tiny_cfg):
         "cache_dir: ${paths.cache_dir}, every_n_epochs: 1, n_per_class: 3, "
         "sampling: {sampler: dpmpp, steps: 2, guidance: 3.0, eta: 0.0, seed: 0, "
         "spacing: trailing, precision: fp32}, "
-        "kid_subset_size: 5, classifier: {epochs: 1, widths: [8, 16]}}",
+        "kid_subset_size: 5, classifier: {epochs: 1, lr: 1.0e-3, widths: [8, 16], seed: 0}}",
         "callbacks.model_checkpoint.monitor=eval/class_consistency",
         "callbacks.model_checkpoint.mode=max",
         "optimized_metric=eval/class_consistency",
@@ -181,6 +181,9 @@ def test_check_evaluation_recomputes_the_headline_numbers(evaluated, capsys):
         _, _, saved, _, recomputed = printed[key]
         assert float(saved) == pytest.approx(result[key], abs=1e-6)
         assert float(recomputed) == pytest.approx(result[key], abs=1e-6)
+    for row in result["memorised_profile"]:  # from samples.pt's held-out distances, with NumPy
+        _, _, saved, _, recomputed = printed[f"profile_{row['quantile']:g}"]
+        assert float(saved) == float(recomputed) == pytest.approx(row["share"], abs=1e-6)
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -203,7 +206,7 @@ def test_eval_metrics_takes_rank_zeros_choice_of_auto_precision(rank, monkeypatc
     schedule, objective = build_diffusion({"num_steps": 50, "prediction": "v"})
     module = SimpleNamespace(device=torch.device("cpu"), schedule=schedule, objective=objective)
     cb = eval_callback.EvalMetrics(
-        "unused", SamplingSettings.defaults().replace(precision="auto", steps=5)
+        "unused", SamplingSettings.defaults().replace(precision="auto", steps=5), classifier={}
     )
     cb.clf = object()  # the classifier is ready: setup stops after choosing the precision
     cb.setup(trainer, module, "fit")

@@ -85,8 +85,9 @@ def test_memorisation_audit_finds_planted_copies(faces, tiny_space):
     fresh = images[1::2][:12]
     planted = torch.cat([train[[3, 17, 30]], fresh])  # 3 copies of training images, 12 others
     feats_train = tiny_space(train)
-    threshold = metrics.memorisation_threshold(tiny_space(test), feats_train, quantile=0.0)
-    assert threshold > 0
+    held_out, _ = metrics.nearest(tiny_space(test), feats_train)
+    threshold = metrics.memorisation_threshold(held_out, quantile=0.0)  # the nearest held-out face
+    assert threshold == pytest.approx(float(held_out.min())) and threshold > 0
     dist, idx = metrics.nearest(tiny_space(planted), feats_train)
     assert idx[:3].tolist() == [3, 17, 30]
     assert dist[:3].max() < 1e-4
@@ -121,7 +122,7 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="FID needs >= 2"):
         metrics.fid(torch.randn(1, 4), torch.randn(5, 4))
     with pytest.raises(ValueError, match="quantile"):
-        metrics.memorisation_threshold(torch.randn(3, 4), torch.randn(3, 4), quantile=2.0)
+        metrics.memorisation_threshold(torch.rand(3), quantile=2.0)
 
 
 def test_embed_in_the_classifier_space_matches_separate_passes(faces, tiny_space):
@@ -177,13 +178,15 @@ def test_memorisation_floor_counts_held_out_real_faces_under_the_threshold(faces
     feats = tiny_space(images)
     test, held_out = torch.arange(0, 72, 2), torch.arange(1, 72, 2)
     floor_nn = torch.linspace(0.0, 1.0, 36)  # held-out distances to the training set
+    floor_under = floor_nn < 0.5  # e.g. under an absolute memorisation.threshold
     result = metrics.group_metrics(
         fake_logits=torch.zeros(36, 3), fake_features=feats[held_out], fake_labels=labels[held_out],
         real_logits=torch.zeros(36, 3), real_features=feats[test], real_labels=labels[test],
         nn_distances=floor_nn, class_names=CLASSES, threshold=0.5,
-        floor_features=feats[held_out], floor_labels=labels[held_out], floor_nn_distances=floor_nn,
+        floor_features=feats[held_out], floor_labels=labels[held_out],
+        floor_memorised=floor_under, floor_memorised_labels=labels[held_out],
     )  # fmt: skip
-    under = int((floor_nn < 0.5).sum())
+    under = int(floor_under.sum())
     assert result["memorised_count"] == under
     assert result["memorised_share"] == pytest.approx(under / 36)
     assert result["memorised_share_floor"] == pytest.approx(under / 36)
@@ -191,5 +194,16 @@ def test_memorisation_floor_counts_held_out_real_faces_under_the_threshold(faces
     assert lo < under / 36 < hi
     for c, name in enumerate(CLASSES):
         per = result["per_class"][name]
-        expected = float((floor_nn[labels[held_out] == c] < 0.5).double().mean())
+        expected = float(floor_under[labels[held_out] == c].double().mean())
         assert per["memorised_share_floor"] == pytest.approx(expected)
+
+
+def test_memorisation_floor_scores_each_split_under_the_others_cut():
+    test_nn = torch.tensor([0.1, 1.0, 2.0, 3.0])  # one test face far nearer than the rest
+    val_nn = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    under = metrics.memorisation_floor(test_nn, val_nn, quantile=0.0)  # cuts at each split's min
+    # test faces under the validation faces' nearest (0.5): the 0.1; validation faces under
+    # the test faces' nearest (0.1): none. In-sample, each split's own minimum never counts.
+    assert under.tolist() == [True, False, False, False, False, False, False, False]
+    cut = metrics.memorisation_threshold(torch.cat([test_nn, val_nn]), 0.5)
+    assert cut == pytest.approx(1.75)  # both splits' median

@@ -215,31 +215,42 @@ class FaceDataModule(L.LightningDataModule):
         dataset: FaceDataset,
         batch_size: int,
         loader: type[DataLoader] = DataLoader,
+        num_workers: int | None = None,
         **kwargs: Any,
     ) -> DataLoader:
+        workers = self.num_workers if num_workers is None else num_workers
         return loader(
             dataset,
             batch_size=batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=defer_stop_signals,
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(
+        self, seed: int | None = None, num_workers: int | None = None
+    ) -> DataLoader:
         """Batches in an order that depends only on the seed and the epoch, and that resumes
-        mid-epoch where a checkpoint stopped (facediff.data.resumable)."""
+        mid-epoch where a checkpoint stopped (facediff.data.resumable). `seed` (default: the
+        run's seed when unbalanced, as Lightning's DistributedSampler uses under DDP, else
+        data.seed) and `num_workers` (default data.num_workers) let the evaluation classifier
+        draw the same batches in any process."""
         dataset = self._require(self.train_set)
         if self.balanced:
-            sampler: Sampler[int] = BalancedSampler(dataset.targets, seed=self.seed)
-        else:  # the run's seed, as Lightning's DistributedSampler uses under DDP
-            seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+            sampler: Sampler[int] = BalancedSampler(
+                dataset.targets, seed=self.seed if seed is None else seed
+            )
+        else:
+            if seed is None:
+                seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
             sampler = SeededRandomSampler(dataset, seed=seed)
         return self._loader(
             dataset,
             self.batch_size,
             loader=ResumableDataLoader,
+            num_workers=num_workers,
             sampler=sampler,
             drop_last=len(dataset) > self.batch_size,
             collate_fn=build_train_collate(self.image_size, self.augment),  # augments the batch

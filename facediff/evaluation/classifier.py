@@ -70,17 +70,32 @@ class FaceClassifier(nn.Module):
 def train_classifier(
     batches: Iterable[tuple[Tensor, Tensor]],
     num_classes: int,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    widths: Iterable[int] = (32, 64, 128, 256),
-    seed: int = 0,
+    *,
+    epochs: int,
+    lr: float,
+    widths: Iterable[int],
+    seed: int,
     device: str | torch.device = "cpu",
 ) -> FaceClassifier:
     """Train on `batches` (re-iterated every epoch) of (images in [-1, 1], labels), as the
     datamodule's (augmented) training loader yields them. AdamW, cosine decay per epoch."""
     if epochs < 1:
         raise ValueError(f"classifier epochs must be >= 1, got {epochs}.")
-    torch.manual_seed(seed)
+    device = torch.device(device)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's random stream stays as it was
+        torch.manual_seed(seed)  # weights, dropout and (no workers) augmentation
+        return _fit(batches, num_classes, epochs, lr, widths, device)
+
+
+def _fit(
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    widths: Iterable[int],
+    device: torch.device,
+) -> FaceClassifier:
     clf = FaceClassifier(num_classes, widths).to(device)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
@@ -182,7 +197,8 @@ def predict(clf: FaceClassifier, images: Tensor, batch_size: int = 256) -> tuple
 def training_data_fields(dm: Any) -> dict[str, Any]:
     """Everything about a FaceDataModule's training data that changes a classifier trained on
     it: the split's content and labels, the classes, the pixels (load and image size) and what
-    the training loader does (batch size, augmentation, balanced sampling and its seed)."""
+    its loader (`classifier_batches`) does (batch size, augmentation, balanced sampling, the
+    order's seed, no workers)."""
     augment = dm.augment
     return {
         "class_names": dm.class_names,
@@ -192,25 +208,33 @@ def training_data_fields(dm: Any) -> dict[str, Any]:
         "batch_size": dm.batch_size,
         "augment": dataclasses.asdict(augment) if dataclasses.is_dataclass(augment) else augment,
         "balanced": dm.balanced,
-        "sampler_seed": dm.seed if dm.balanced else None,
+        "sampler_seed": dm.seed,
+        "workers": 0,
     }
+
+
+def classifier_batches(dm: Any) -> Iterable[tuple[Tensor, Tensor]]:
+    """The augmented training split for the evaluation classifier: in the order of data.seed
+    and augmented in this process (no workers), so evaluate.py and a training run's
+    `eval_metrics` callback (whose run seed and workers differ) train the same classifier."""
+    return dm.train_dataloader(seed=dm.seed, num_workers=0)
 
 
 def classifier_for(
     dm: Any,
     cache_dir: str | Path,
     *,
+    epochs: int,
+    lr: float,
+    widths: Iterable[int],
+    seed: int,
     path: str | Path | None = None,
-    epochs: int = 15,
-    lr: float = 1e-3,
-    widths: Iterable[int] = (32, 64, 128, 256),
-    seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """The evaluation classifier of a set-up FaceDataModule `dm`: loaded from `path`, else from
     the cache (keyed by `training_data_fields` and these settings; a corrupt or mismatched
     cache file is retrained with a warning), else trained on the augmented training split,
-    measured on the test split and cached.
+    measured on the test split and cached. The settings are conf/classifier/default.yaml's.
 
     Returns the classifier (in eval mode, on `device`) and its meta (key, accuracy, ...).
     """
@@ -230,7 +254,7 @@ def classifier_for(
         log.info("Loaded evaluation classifier %s", file)
         return clf.to(device), meta
     log.info("Training the evaluation classifier (%d epochs); it is cached as %s", epochs, file)
-    clf = train_classifier(dm.train_dataloader(), dm.num_classes, device=device, **settings)
+    clf = train_classifier(classifier_batches(dm), dm.num_classes, device=device, **settings)
     images, labels = dataset_images(dm.eval_dataset("test"))
     logits, _ = predict(clf, images)
     meta = {

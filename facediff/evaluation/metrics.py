@@ -99,15 +99,30 @@ def nearest(queries: Tensor, references: Tensor, chunk: int = 1024) -> tuple[Ten
     return torch.cat(dists), torch.cat(idx)
 
 
-def memorisation_threshold(held_out: Tensor, train: Tensor, quantile: float = 0.01) -> float:
-    """The `quantile` of real held-out images' distances to their nearest training image.
+def memorisation_threshold(held_out_distances: Tensor, quantile: float = 0.01) -> float:
+    """The `quantile` of real held-out images' distances to their nearest training image
+    (`nearest(held_out, train)[0]`).
 
     Give it every held-out face there is: the 1% quantile of 300 faces is their third smallest
     distance, a noisy cut (on UTKFace one split's cut put 3.3% of the other split under it)."""
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"memorisation.quantile must be in [0, 1], got {quantile}.")
-    distances, _ = nearest(held_out, train)
-    return float(torch.quantile(distances, quantile))
+    return float(torch.quantile(held_out_distances.double(), quantile))
+
+
+def memorisation_floor(test_distances: Tensor, val_distances: Tensor, quantile: float) -> Tensor:
+    """Which real held-out faces lie under a cut estimated without them: (N_test + N_val,) bool,
+    test faces first.
+
+    Each split is scored under the `quantile` of the other split's distances (cross-fitted), so
+    the floor is what faces the model never saw score under a cut estimated from this many faces
+    (the samples' cut uses both splits: its share is the floor's in expectation, less noisy)."""
+    return torch.cat(
+        [
+            test_distances < memorisation_threshold(val_distances, quantile),
+            val_distances < memorisation_threshold(test_distances, quantile),
+        ]
+    )
 
 
 def memorisation_profile(
@@ -183,16 +198,18 @@ def group_metrics(
     kid_subset_size: int = 1000,
     floor_features: Tensor | None = None,
     floor_labels: Tensor | None = None,
-    floor_nn_distances: Tensor | None = None,
+    floor_memorised: Tensor | None = None,
+    floor_memorised_labels: Tensor | None = None,
 ) -> dict:
     """Every metric, overall and per class, as a JSON-able dict (see evaluate.py's metrics.json).
 
     real_* are the real test split; nn_distances (N_fake,) the distance of each sample to its
     nearest training image (`nearest`), for the memorisation share. floor_* (optional) are real
     faces disjoint from the test split (e.g. the validation split): FID/KID between them and the
-    test split, with as many per class as were generated, are reported as `*_floor`;
-    floor_nn_distances (optional, aligned with floor_*) give `memorised_share_floor`, the share
-    of those real held-out faces under the same threshold (about the threshold's quantile).
+    test split, with as many per class as were generated, are reported as `*_floor`.
+    floor_memorised (optional, (M,) bool, with floor_memorised_labels) marks the real held-out
+    faces under a memorisation cut estimated without them (`memorisation_floor`): their share is
+    `memorised_share_floor`, overall and per class.
     """
     k = len(class_names)
     real_acc, real_per_class = accuracy(real_logits, real_labels, k)
@@ -211,17 +228,17 @@ def group_metrics(
         wanted = {c: int((fake_labels == c).sum()) for c in range(k)}
         keep = per_class_subset(floor_labels, wanted)
         floor_features, floor_labels = floor_features[keep], floor_labels[keep]
-        if floor_nn_distances is not None:
-            floor_nn_distances = floor_nn_distances[keep]
 
     def floor(real: Tensor, mask: Tensor | None) -> dict[str, float | None]:
         if floor_features is None or floor_labels is None:
             return {}
         other = floor_features if mask is None else floor_features[floor_labels == mask]
         values = realism(real, other)
-        if floor_nn_distances is not None:
-            near = floor_nn_distances if mask is None else floor_nn_distances[floor_labels == mask]
-            values["memorised_share"] = memorised_share(near, threshold)
+        if floor_memorised is not None and floor_memorised_labels is not None:
+            under = (
+                floor_memorised if mask is None else floor_memorised[floor_memorised_labels == mask]
+            )
+            values["memorised_share"] = float(under.double().mean()) if len(under) else None
         return {f"{key}_floor": v for key, v in values.items()}
 
     out: dict = {

@@ -171,7 +171,10 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
             + " to ".join(fmt(v) for v in result.get("memorised_ci95", [None, None]))
             + ")",
         ),
-        ("memorised share of real validation faces (floor)", result.get("memorised_share_floor")),
+        (
+            "memorised share of real held-out faces, each split under the other's cut (floor)",
+            result.get("memorised_share_floor"),
+        ),
         ("memorisation threshold", result["memorisation_threshold"]),
         (
             "memorisation profile: share of samples under real held-out faces' distance quantiles",
@@ -212,9 +215,10 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real held-out images' distances to the training set, test "
-        "and validation faces); memorised floor: the same share for the real validation faces, "
-        "which the model never trained on (half of the threshold's sample, so near its quantile "
-        "by construction: the profile above compares the whole distributions). "
+        "and validation faces); memorised floor: the same share for those real faces, which the "
+        "model never trained on, each split under the cut of the other split alone (what new "
+        "faces score under a cut estimated from this many faces; the profile above compares the "
+        "whole distributions). "
         "Copies: share of samples whose nearest training image, pixel by pixel, is under "
         "the ratio above times as far as the second nearest (a copy of one image, not a "
         "look-alike); copies floor: the same for real validation faces (the data's own "
@@ -242,16 +246,25 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
 
 
 def model_card_section(result: dict) -> str:
-    """This run's numbers in the shape of MODEL_CARD.md's evaluation section."""
-    worst = min(result["per_class"].items(), key=lambda kv: kv[1]["class_consistency"])
-    best = max(result["per_class"].items(), key=lambda kv: kv[1]["class_consistency"])
+    """This run's numbers in the shape of MODEL_CARD.md's evaluation section. Groups are ranked
+    by their consistency ratio (the classifier recognises some groups better in real faces too,
+    so raw consistency would rank the classifier, not the model)."""
+
+    def ratio(kv: tuple[str, dict]) -> float:
+        return kv[1]["consistency_ratio"]
+
+    rows = [kv for kv in result["per_class"].items() if kv[1].get("consistency_ratio") is not None]
+    if not rows:
+        return "\n## Model card: this run\n\nNo group has a consistency ratio to rank.\n"
+    low, high = min(rows, key=ratio), max(rows, key=ratio)
     return (
         "\n## Model card: this run\n\n"
         "See MODEL_CARD.md for intended use, the data's limits and the uses to avoid. For this "
-        f"checkpoint: the best-served group is **{best[0]}** (consistency "
-        f"{fmt(best[1]['class_consistency'])}), the worst **{worst[0]}** "
-        f"({fmt(worst[1]['class_consistency'])}); a gap between groups means the model serves "
-        "them unequally. UTKFace's group labels were estimated by an algorithm and checked by "
+        f"checkpoint the group recognised least often, relative to real faces of it, is "
+        f"**{low[0]}** (consistency ratio {fmt(ratio(low))}), the most often **{high[0]}** "
+        f"({fmt(ratio(high))}; above 1 the samples exaggerate the group); a gap between groups "
+        "means the model serves them unequally. UTKFace's group labels were estimated by an "
+        "algorithm and checked by "
         "people, the groups are coarse and imbalanced, and the classifier that judges "
         "consistency learned the same labels: it measures agreement with them, not truth.\n"
     )

@@ -28,7 +28,7 @@ from facediff.config_checks import check_evaluate_config
 from facediff.data.build import build_datamodule
 from facediff.data.datamodule import FaceDataModule
 from facediff.diffusion.settings import SamplingSettings
-from facediff.evaluation import metrics, report
+from facediff.evaluation import report
 from facediff.evaluation.classifier import classifier_for
 from facediff.evaluation.features import (
     check_inception_weights,
@@ -63,8 +63,6 @@ def check_config(
     and those of the sweep points (each a change of the main ones)."""
     if cfg.task not in TASKS:
         raise ValueError(f"Unknown task={cfg.task!r}; choose one of {TASKS}.")
-    if cfg.n_per_class < 2:
-        raise ValueError("n_per_class must be >= 2 (FID and KID need two samples per class).")
     settings = gen.settings(SamplingSettings.from_config(cfg, num_steps=gen.num_steps))
     if cfg.features.inception_weights:
         check_inception_weights(cfg.features.inception_weights)
@@ -120,17 +118,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     weights = cfg.features.inception_weights
     space = inception_space(weights, device) if weights else classifier_space(clf, clf_meta["key"])
     real = real_features(dm, clf, clf_meta["key"], space, cache_dir)
-    threshold = cfg.memorisation.threshold
-    if threshold is None:  # from every real face the model never trained on
-        held_out = torch.cat([real["test_features"], real["val_features"]])
-        threshold = metrics.memorisation_threshold(
-            held_out, real["train_features"], cfg.memorisation.quantile
-        )
-    score = Scorer(gen, clf, space, real, float(threshold), cfg.kid.subsets, cfg.kid.subset_size,
-                   cfg.batch_size, pixels=real_pixels(dm, cfg.memorisation.copy_size),
-                   copy_max_ratio=float(cfg.memorisation.copy_ratio),
-                   copy_size=cfg.memorisation.copy_size,
-                   profile_quantiles=tuple(cfg.memorisation.profile))  # fmt: skip
+    mem = cfg.memorisation
+    threshold = None if mem.threshold is None else float(mem.threshold)
+    score = Scorer(gen, clf, space, real, threshold, float(mem.quantile), tuple(mem.profile),
+                   cfg.kid.subsets, cfg.kid.subset_size, cfg.batch_size,
+                   pixels=real_pixels(dm, mem.copy_size), copy_max_ratio=float(mem.copy_ratio),
+                   copy_size=mem.copy_size)  # fmt: skip
 
     def record(s: SamplingSettings) -> dict[str, Any]:  # as metrics.json lists settings
         return {**s.to_dict(), "batch_size": cfg.batch_size}
@@ -143,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         classifier=clf_meta,
         sweep=[],
     )
-    write = write_outputs(cfg, out, fake, real, dm, gen.class_names)
+    write = write_outputs(cfg, out, fake, real, score.held_out_nn, dm, gen.class_names)
     figures = write(result)  # the main result is on disk before any sweep point is drawn
     log.info("Wrote %s/metrics.json and %s/report.md", out, out)
     for point in points:
@@ -171,15 +164,18 @@ def write_outputs(
     out: Path,
     fake: dict[str, Any],
     real: dict[str, Any],
+    held_out_nn: torch.Tensor,
     dm: FaceDataModule,
     class_names: list[str],
 ) -> Callable[[dict[str, Any]], dict[str, Path]]:
-    """Write samples.pt; returns `write(result)`, which (re)writes metrics.json, report.md and
-    the figures of `result` and returns the figures' paths."""
+    """Write samples.pt (with the real held-out faces' distances to the training set, test then
+    validation, which set the memorisation cut and profile); returns `write(result)`, which
+    (re)writes metrics.json, report.md and the figures of `result` and returns their paths."""
     keep = ("labels", "logits", "features", "nn_distances", "nn_indices", "copy_ratios",
             "copy_indices", "copy_mirrored")  # fmt: skip
     real_test = {f"real_{k}": real[f"test_{k}"] for k in ("labels", "logits", "features")}
-    torch.save({**{k: fake[k] for k in keep}, **real_test}, out / "samples.pt")  # for own checks
+    saved = {**{k: fake[k] for k in keep}, **real_test, "held_out_nn_distances": held_out_nn}
+    torch.save(saved, out / "samples.pt")  # for own checks
     train_set = dm.eval_dataset("train")
     index, mirrored = fake["copy_indices"], fake["copy_mirrored"]
 

@@ -116,22 +116,30 @@ class Scorer:
     clf: FaceClassifier
     space: FeatureSpace
     real: dict[str, Tensor]
-    threshold: float
+    threshold: float | None  # None: `quantile` of the real held-out faces' distances
+    quantile: float
+    profile_quantiles: tuple[float, ...]
     kid_subsets: int
     kid_subset_size: int
     batch_size: int
     pixels: dict[str, Tensor]
     copy_max_ratio: float
     copy_size: int
-    profile_quantiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        # Real held-out faces' distances to the training set: the memorisation profile's
-        # quantiles (test and validation faces), and the floor (validation faces).
-        held_out = torch.cat([self.real["test_features"], self.real["val_features"]])
-        self.held_out_nn, _ = metrics.nearest(held_out, self.real["train_features"])
-        self.floor_nn_distances = self.held_out_nn[len(self.real["test_features"]) :]
-        # ... and their copy ratios: the data set's own near-duplicates across splits.
+        # Real held-out faces' distances to the training set (test, then validation): the cut,
+        # the profile's quantiles and the floor.
+        train = self.real["train_features"]
+        test_nn, _ = metrics.nearest(self.real["test_features"], train)
+        val_nn, _ = metrics.nearest(self.real["val_features"], train)
+        self.held_out_nn = torch.cat([test_nn, val_nn])
+        self.held_out_labels = torch.cat([self.real["test_labels"], self.real["val_labels"]])
+        if self.threshold is None:  # every real face the model never trained on sets the cut
+            self.threshold = metrics.memorisation_threshold(self.held_out_nn, self.quantile)
+            self.floor_memorised = metrics.memorisation_floor(test_nn, val_nn, self.quantile)
+        else:  # a given cut: every held-out face is out of sample
+            self.floor_memorised = self.held_out_nn < self.threshold
+        # The validation faces' copy ratios: the data set's own near-duplicates across splits.
         self.floor_copy_ratios, _, _ = copies.copy_ratios(
             self.pixels["val"], self.pixels["train"], self.pixels["train_mirrored"]
         )
@@ -158,7 +166,8 @@ class Scorer:
             kid_subset_size=self.kid_subset_size,
             floor_features=self.real["val_features"],
             floor_labels=self.real["val_labels"],
-            floor_nn_distances=self.floor_nn_distances,
+            floor_memorised=self.floor_memorised,
+            floor_memorised_labels=self.held_out_labels,
         )
         result["memorised_profile"] = metrics.memorisation_profile(
             fake["nn_distances"], self.held_out_nn, self.profile_quantiles

@@ -47,7 +47,7 @@ class EvalMetrics(EMAValidationCallback):
         cache_dir: where the evaluation classifier is cached (trained at the start of fit on
             the training split when missing; evaluate.py reuses the same cache).
         sampling: sampler settings (conf/sampling/default.yaml's unless overridden).
-        classifier: `classifier_for` settings (epochs, lr, widths, seed, path).
+        classifier: `classifier_for` settings (conf/classifier/default.yaml).
         max_time_share: cap on this callback's share of the run's wall time, its classifier's
             preparation included (see EMAValidationCallback); null: no cap.
     """
@@ -58,10 +58,10 @@ class EvalMetrics(EMAValidationCallback):
         self,
         cache_dir: str,
         sampling: Mapping[str, Any] | SamplingSettings,
+        classifier: Mapping[str, Any],
         every_n_epochs: int = 5,
         n_per_class: int = 64,
         kid_subset_size: int = 100,
-        classifier: dict[str, Any] | None = None,
         max_time_share: float | None = None,
     ) -> None:
         if every_n_epochs < 1 or n_per_class < 2:
@@ -71,7 +71,7 @@ class EvalMetrics(EMAValidationCallback):
         self.n_per_class = n_per_class
         self.sampling = as_settings(sampling, self.name)
         self.kid_subset_size = kid_subset_size
-        self.classifier_settings = dict(classifier or {})
+        self.classifier_settings = dict(classifier)
         self.time_share = TimeShare(max_time_share)
         self.clf: FaceClassifier | None = None
         self.val_features: torch.Tensor | None = None
