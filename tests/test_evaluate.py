@@ -206,7 +206,12 @@ def test_eval_metrics_takes_rank_zeros_choice_of_auto_precision(rank, monkeypatc
     schedule, objective = build_diffusion({"num_steps": 50, "prediction": "v"})
     module = SimpleNamespace(device=torch.device("cpu"), schedule=schedule, objective=objective)
     cb = eval_callback.EvalMetrics(
-        "unused", SamplingSettings.defaults().replace(precision="auto", steps=5), classifier={}
+        "unused",
+        SamplingSettings.defaults().replace(precision="auto", steps=5),
+        classifier={},
+        every_n_epochs=1,
+        n_per_class=2,
+        kid_subset_size=2,
     )
     cb.clf = object()  # the classifier is ready: setup stops after choosing the precision
     cb.setup(trainer, module, "fit")

@@ -83,7 +83,10 @@ def test_training_callbacks_refuse_bad_sampling_when_the_run_starts(tiny_cfg):
         run(cfg)  # facediff.config_checks, before the data is read
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))  # before any epoch
     with pytest.raises(ValueError, match=r"sample_grid\.sampling: Sampling settings lack"):
-        SampleGrid(sampling={"sampler": "dpmpp"})  # incomplete: no default of its own
+        SampleGrid(  # incomplete: no default of its own
+            sampling={"sampler": "dpmpp"}, every_n_epochs=1, n_per_class=1,
+            denoising_frames=None, attention=False,
+        )  # fmt: skip
 
 
 def test_unet_config_is_the_single_source_and_the_checkpoint_rebuilds_from_it(tiny_checkpoint):

@@ -104,8 +104,7 @@ class SamplingSettings:
 
     def check_steps(self, num_steps: int) -> SamplingSettings:
         """Refuse more steps than the model's T; returns self."""
-        if self.steps > num_steps:
-            raise ValueError(f"steps must be in 1..{num_steps} (the model's T), got {self.steps}.")
+        check_steps(self.steps, num_steps)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -195,10 +195,10 @@ class SampleGrid(EMAValidationCallback):
     def __init__(
         self,
         sampling: Mapping[str, Any] | SamplingSettings,
-        every_n_epochs: int = 1,
-        n_per_class: int = 8,
-        denoising_frames: int | None = None,
-        attention: bool = False,
+        every_n_epochs: int,
+        n_per_class: int,
+        denoising_frames: int | None,
+        attention: bool,
         dirname: str = "samples",
         max_time_share: float | None = None,
     ) -> None:

@@ -59,9 +59,9 @@ class EvalMetrics(EMAValidationCallback):
         cache_dir: str,
         sampling: Mapping[str, Any] | SamplingSettings,
         classifier: Mapping[str, Any],
-        every_n_epochs: int = 5,
-        n_per_class: int = 64,
-        kid_subset_size: int = 100,
+        every_n_epochs: int,
+        n_per_class: int,
+        kid_subset_size: int,
         max_time_share: float | None = None,
     ) -> None:
         if every_n_epochs < 1 or n_per_class < 2:
