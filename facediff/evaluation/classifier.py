@@ -255,7 +255,7 @@ def classifier_for(
         return clf.to(device), meta
     log.info("Training the evaluation classifier (%d epochs); it is cached as %s", epochs, file)
     clf = train_classifier(classifier_batches(dm), dm.num_classes, device=device, **settings)
-    images, labels = dataset_images(dm.eval_dataset("test"))
+    images, labels = dataset_images(dm.eval_dataset("test"), dm.eval_batch_size)
     logits, _ = predict(clf, images)
     meta = {
         **data,

@@ -46,14 +46,15 @@ def real_features(
     )
 
     def compute() -> dict[str, Tensor]:
+        batch = dm.eval_batch_size
         out: dict[str, list[Tensor]] = {"test_logits": [], "test_features": [], "test_labels": []}
-        for images, labels in iter_images(dm.eval_dataset("test")):
+        for images, labels in iter_images(dm.eval_dataset("test"), batch):
             logits, features = embed(clf, space, images)
             out["test_logits"].append(logits)
             out["test_features"].append(features)
             out["test_labels"].append(labels)
-        out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"))]
-        val = list(iter_images(dm.eval_dataset("val")))
+        out["train_features"] = [space(x) for x, _ in iter_images(dm.eval_dataset("train"), batch)]
+        val = list(iter_images(dm.eval_dataset("val"), batch))
         out["val_features"] = [space(x) for x, _ in val]
         out["val_labels"] = [y for _, y in val]
         return {name: torch.cat(parts) for name, parts in out.items()}
@@ -69,14 +70,15 @@ def real_pixels(dm: Any, size: int) -> dict[str, Tensor]:
     all held."""
     out: dict[str, list[Tensor]] = {"train": [], "train_mirrored": [], "val": [], "val_labels": [],
                                     "val_hf": [], "test_hf": [], "test_labels": []}  # fmt: skip
-    for images, _ in iter_images(dm.eval_dataset("train")):
+    batch = dm.eval_batch_size
+    for images, _ in iter_images(dm.eval_dataset("train"), batch):
         out["train"].append(copies.pixel_vectors(images, size))
         out["train_mirrored"].append(copies.pixel_vectors(images.flip(-1), size))
-    for images, labels in iter_images(dm.eval_dataset("val")):
+    for images, labels in iter_images(dm.eval_dataset("val"), batch):
         out["val"].append(copies.pixel_vectors(images, size))
         out["val_labels"].append(labels)
         out["val_hf"].append(sharpness.high_frequency_power(images))
-    for images, labels in iter_images(dm.eval_dataset("test")):
+    for images, labels in iter_images(dm.eval_dataset("test"), batch):
         out["test_hf"].append(sharpness.high_frequency_power(images))
         out["test_labels"].append(labels)
     return {name: torch.cat(parts) for name, parts in out.items()}

@@ -110,7 +110,10 @@ class EvalMetrics(EMAValidationCallback):
             hint="Fix: put paths.cache_dir on a file system that every node sees.",
         )
         self.val_features = torch.cat(
-            [predict(self.clf, x)[1] for x, _ in iter_images(dm.eval_dataset("val"))]
+            [
+                predict(self.clf, x)[1]
+                for x, _ in iter_images(dm.eval_dataset("val"), dm.eval_batch_size)
+            ]
         )
         log.info("eval_metrics: classifier %s (real test accuracy %.3f)", meta["key"],
                  meta["test_accuracy"])  # fmt: skip
