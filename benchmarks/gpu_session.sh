@@ -180,6 +180,14 @@ train)
     fi
     start
     if [ -d .gpu_data/utkface ]; then DATA="data.root=.gpu_data/utkface"; else DATA="data=demo"; fi
+    # utkface64 compiles its forward: first check that this torch compiles fp16 right here
+    # (torch 2.14.1's CPU inductor gave NaN gradients, run 24); eager where it does not
+    if ! timeout 120 "$PY" -m benchmarks.compile_check --dtype fp16 2>&1 | tail -1 |
+        tee -a "$WORK/summary.md" | grep -q "agree"; then
+        echo "training eager: torch.compile failed its check" | tee -a "$WORK/summary.md"
+        TRAIN_OVERRIDES="$TRAIN_OVERRIDES module.compile=false"
+    fi
+    # what is left after the check is training's, less what evaluate.py and packing need
     TRAIN_SECONDS=$(($(left) - EVAL_RESERVE))
     if ((TRAIN_SECONDS < 60)); then
         echo "BUDGET leaves $TRAIN_SECONDS s for training after EVAL_RESERVE=$EVAL_RESERVE s:" \
@@ -191,13 +199,6 @@ train)
             --model "${TRAIN_MODEL}" --seconds "$TRAIN_SECONDS" --batch "$TRAIN_BATCH")
     fi
     echo "training: $STEPS steps planned in $TRAIN_SECONDS s" | tee -a "$WORK/summary.md"
-    # utkface64 compiles its forward: first check that this torch compiles fp16 right here
-    # (torch 2.14.1's CPU inductor gave NaN gradients, run 24); eager where it does not
-    if ! timeout 120 "$PY" -m benchmarks.compile_check --dtype fp16 2>&1 | tail -1 |
-        tee -a "$WORK/summary.md" | grep -q "agree"; then
-        echo "training eager: torch.compile failed its check" | tee -a "$WORK/summary.md"
-        TRAIN_OVERRIDES="$TRAIN_OVERRIDES module.compile=false"
-    fi
     RUN=outputs/utkface64/gpu_session
     rm -rf "$RUN"
     began=$SECONDS

@@ -114,7 +114,7 @@ def save_state(trainer: L.Trainer, phase: RunPhase, out_dir: Path) -> tuple[Path
     path = out_dir / "checkpoints" / f"oom-step{trainer.global_step:07d}.ckpt"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: resumable
     except Exception as err:  # the message about memory matters more than this one
         log.exception("Could not save the state after running out of memory")
         return None, f"Saving the state failed too ({type(err).__name__}: {err})."

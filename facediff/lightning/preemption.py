@@ -168,7 +168,7 @@ class Preemption(Checkpoint):
     ) -> None:
         if not self._agreed_to_stop(trainer):
             return
-        trainer.save_checkpoint(self.ckpt_path)
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # the full state: resumable
         self._restore()
         raise Preempted(self.received or signal.SIGTERM, trainer.global_step, self.ckpt_path)
 
