@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from facediff.models.legacy import upgrade_unet_state
+from facediff.models.legacy import FORMAT1_UNET_DEFAULTS, upgrade_unet_state
 from facediff.models.registry import model_key, normalise_model_config
-from facediff.models.unet import UNetConfig
 from facediff.untrusted import UnsafeValueError
 
 # Written into every checkpoint by DiffusionModule.on_save_checkpoint, checked on every load.
@@ -69,8 +68,9 @@ def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(model, Mapping) or not isinstance(hp.get("image_size"), int):
         raise UnsafeValueError("its model config or image_size is missing or malformed.")
     if model_key(model) == "unet":  # format 1 had no other network
-        mult = model.get("channel_mult") or UNetConfig(image_size=8, num_classes=1).channel_mult
-        n_levels, size = len(mult), hp["image_size"]
+        # what the UNet took for a hyper-parameter its stored config left out
+        hp["model"] = model = {**FORMAT1_UNET_DEFAULTS, **model}
+        n_levels, size = len(model["channel_mult"]), hp["image_size"]
         for key in ("state_dict", "current_model_state"):
             if isinstance(ckpt.get(key), dict):
                 ckpt[key] = upgrade_unet_state(ckpt[key], size, n_levels)

@@ -134,6 +134,8 @@ def test_unknown_keys_and_values_are_refused():
         build_model({"name": "unet", "evil": 1}, 16, 3)
     with pytest.raises(UnsafeValueError, match="Unknown model name='gpt'"):
         build_model({"name": "gpt"}, 16, 3)
+    with pytest.raises(ValueError, match=r"needs the hyper-parameter\(s\) \['channel_mult', "):
+        build_model({"name": "unet", "base_channels": 16}, 16, 3)
     with pytest.raises(UnsafeValueError, match="values must be None, bools"):
         build_model({"name": "unet", "dropout": b"0.1"}, 16, 3)
     with pytest.raises(UnsafeValueError, match="unknown key"):

@@ -100,6 +100,20 @@ def test_train_classifier_task_reuses_the_cache(
     assert json.loads((tmp_path / "classifier.json").read_text())["key"] == meta["key"]
 
 
+def test_an_absolute_memorisation_threshold_puts_every_held_out_face_out_of_sample(
+    tiny_checkpoint, demo_cache, tmp_path, evaluated
+):
+    """`memorisation.threshold` given: the cut is that distance and the floor is the share of
+    every held-out face under it (no cross-fitting: none of them set the cut)."""
+    everything = run(eval_cfg(tiny_checkpoint, tmp_path, demo_cache, "memorisation.threshold=1e9"))
+    assert everything["memorisation_threshold"] == 1e9
+    assert everything["memorised_share"] == 1.0 and everything["memorised_share_floor"] == 1.0
+    for per in everything["per_class"].values():
+        assert per["memorised_share"] == 1.0 and per["memorised_share_floor"] == 1.0
+    # the samples and the profile do not depend on the cut
+    assert everything["memorised_profile"] == evaluated[1]["memorised_profile"]
+
+
 @pytest.mark.parametrize(
     "overrides, error, match",
     [

@@ -27,6 +27,7 @@ def tiny_kwargs(**overrides: Any) -> dict[str, Any]:
         attn_resolutions=[8],
         attn_heads=2,
         dropout=0.0,
+        grad_checkpoint=False,
         groups=8,
     )
     return {**kw, **overrides}

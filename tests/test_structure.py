@@ -91,7 +91,8 @@ def test_training_callbacks_refuse_bad_sampling_when_the_run_starts(tiny_cfg):
 
 def test_unet_config_is_the_single_source_and_the_checkpoint_rebuilds_from_it(tiny_checkpoint):
     cfg = UNetConfig(image_size=16, num_classes=3, base_channels=16, channel_mult=[1, 2],
-                     attn_resolutions=[8, 16, 8], groups=8)  # fmt: skip
+                     num_res_blocks=1, attn_resolutions=[8, 16, 8], attn_heads=2, dropout=0.0,
+                     grad_checkpoint=False, groups=8)  # fmt: skip
     assert cfg.attn_resolutions == [16, 8] and cfg.emb_channels == 64
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.base_channels = 8  # type: ignore[misc]
@@ -133,10 +134,11 @@ def test_format1_checkpoints_still_load(tiny_checkpoint, tmp_path):
         }
     assert "net.down.0.res.0.conv1.weight" in ckpt["state_dict"]
     ckpt["facediff"] = {"format": 1, "class_names": ckpt["facediff"]["class_names"]}
-    ckpt["hyper_parameters"]["model"] = {
+    ckpt["hyper_parameters"]["model"] = {  # format 1 left out what took the UNet's defaults
         "_target_": "facediff.models.unet.UNet",
-        **{k: v for k, v in ckpt["hyper_parameters"]["model"].items() if k != "name"},
-    }
+        **{k: v for k, v in ckpt["hyper_parameters"]["model"].items()
+           if k not in ("name", "grad_checkpoint")},
+    }  # fmt: skip
     torch.save(ckpt, tmp_path / "old.ckpt")
     old = Generator.from_checkpoint(tmp_path / "old.ckpt", device="cpu")
     new = Generator.from_checkpoint(tiny_checkpoint, device="cpu")
@@ -145,7 +147,9 @@ def test_format1_checkpoints_still_load(tiny_checkpoint, tmp_path):
 
 
 def test_norms_biases_and_embeddings_are_not_weight_decayed():
-    net = UNet(image_size=16, num_classes=3, base_channels=16, channel_mult=[1, 2], groups=8)
+    net = UNet(image_size=16, num_classes=3, base_channels=16, channel_mult=[1, 2],
+               num_res_blocks=2, attn_resolutions=[8], attn_heads=4, dropout=0.1,
+               grad_checkpoint=False, groups=8)  # fmt: skip
     decay, no_decay = parameter_groups(net)
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
     ids = {id(p) for p in no_decay["params"]}

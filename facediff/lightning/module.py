@@ -22,7 +22,8 @@ class DiffusionModule(L.LightningModule):
     """Class-conditional DDPM training.
 
     All arguments but `optimizer` are plain containers (they are saved into every checkpoint,
-    which is then enough to rebuild the model for sampling):
+    which is then enough to rebuild the model for sampling). The `module` knobs (p_uncond to
+    compile_mode) have their defaults in conf/train.yaml's `module` node only:
         model: the network's config, `{name: <key of facediff.models.registry.MODELS>, ...}`
             (see conf/model/); the network is built through the registry, never by importing
             a name, so `load_from_checkpoint` on a crafted file cannot call code.
@@ -58,13 +59,14 @@ class DiffusionModule(L.LightningModule):
         optim: dict[str, Any],
         class_names: list[str],
         image_size: int,
-        p_uncond: float = 0.1,
-        val_timesteps: int = 10,
-        val_seed: int = 0,
+        *,
+        p_uncond: float,
+        val_timesteps: int,
+        val_seed: int,
+        channels_last: bool,
+        compile: bool | str,
+        compile_mode: str | None,
         data: dict[str, Any] | None = None,
-        channels_last: bool = False,
-        compile: bool | str = False,
-        compile_mode: str | None = None,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()

@@ -13,6 +13,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+# The UNet's defaults while format 1 was written: a format-1 model config may rely on them.
+FORMAT1_UNET_DEFAULTS: dict[str, Any] = {
+    "base_channels": 64,
+    "channel_mult": [1, 2, 2, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [16, 8],
+    "attn_heads": 4,
+    "dropout": 0.1,
+    "grad_checkpoint": False,
+    "groups": 32,
+}
+
 _LEVEL = re.compile(r"^(down|up)\.(\d+)\.(res|attn)\.(\d+)\.(.*)$")
 _RESAMPLE = re.compile(r"^(down|up)\.(\d+)\.resample\.(.*)$")
 _MID = {"mid.res0.": "in0.res.", "mid.attn.": "in0.attn.", "mid.res1.": "in1.res."}

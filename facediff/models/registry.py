@@ -71,6 +71,21 @@ def model_parameters(cls: type[nn.Module]) -> list[str]:
     return [name for name in names if name not in FROM_DATA]
 
 
+def required_parameters(cls: type[nn.Module]) -> list[str]:
+    """The hyper-parameters a config must set for `cls`: those without a default."""
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:
+        missing = dataclasses.MISSING
+        names = [f.name for f in dataclasses.fields(config_class)
+                 if f.default is missing and f.default_factory is missing]  # fmt: skip
+    else:
+        params = inspect.signature(cls.__init__).parameters.values()
+        names = [p.name for p in params
+                 if p.default is inspect.Parameter.empty and p.name != "self"
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
+    return [name for name in names if name not in FROM_DATA]
+
+
 def normalise_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """`{"name": key, **hyper-parameters}` with every value checked as plain data.
 
@@ -98,7 +113,14 @@ def normalise_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def build_model(config: Mapping[str, Any], image_size: int, num_classes: int) -> nn.Module:
     """The network a model config describes, for images of `image_size` and `num_classes`."""
     plain = normalise_model_config(config)
-    cls = MODELS[plain.pop("name")]
+    key = plain.pop("name")
+    cls = MODELS[key]
+    missing = [name for name in required_parameters(cls) if name not in plain]
+    if missing:
+        raise ValueError(
+            f"Model {key!r} needs the hyper-parameter(s) {missing}, which the config does not "
+            "set. Fix: start from a conf/model/*.yaml (model=unet_attn, ...), which sets every one."
+        )
     given = {"image_size": int(image_size), "num_classes": int(num_classes)}
     for k, value in given.items():
         if plain.pop(k, value) != value:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,17 +63,19 @@ class UNetConfig:
 
     image_size: int
     num_classes: int
+    # The knobs: no defaults here, conf/model/*.yaml sets every one (the one place for them).
+    base_channels: int
+    channel_mult: list[int]
+    num_res_blocks: int
+    attn_resolutions: list[int]
+    attn_heads: int
+    dropout: float
+    grad_checkpoint: bool
+    groups: int
+    # Not knobs: RGB in and out; the embedding width derived from base_channels.
     in_channels: int = 3
     out_channels: int = 3
-    base_channels: int = 64
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
-    num_res_blocks: int = 2
-    attn_resolutions: list[int] = field(default_factory=lambda: [16, 8])
-    attn_heads: int = 4
-    dropout: float = 0.1
-    grad_checkpoint: bool = False
     emb_channels: int | None = None
-    groups: int = 32
 
     def __post_init__(self) -> None:
         # Normalise (Hydra hands over ListConfig objects) while frozen: plain ints and lists.
