@@ -67,6 +67,10 @@ def test_metrics_json_holds_every_documented_key(evaluated):
     assert [row["quantile"] for row in profile] == [0.01, 0.02, 0.05, 0.1]
     assert all(0 <= row["share"] <= 1 for row in profile)
     assert [row["share"] for row in profile] == sorted(row["share"] for row in profile)
+    for row in (saved, *saved["per_class"].values()):  # the ratio's interval, where defined
+        if row["consistency_ratio_ci95"] is not None:
+            lo, hi = row["consistency_ratio_ci95"]
+            assert lo <= row["consistency_ratio"] <= hi
 
 
 def test_real_accuracy_is_the_cached_classifiers_test_accuracy(evaluated):

@@ -77,6 +77,11 @@ def test_class_consistency_of_real_images_equals_the_classifiers_accuracy(faces,
         assert per["class_consistency"] == per["real_accuracy"]
         assert per["fid"] == pytest.approx(0.0, abs=1e-6)
         assert per["n_generated"] == per["n_real"] == 24
+        hits = int(expected[labels == c].sum())  # the same set twice: an interval about 1
+        interval = metrics.ratio_interval(hits, 24, hits, 24)  # None where no face is a hit
+        assert per["consistency_ratio_ci95"] == (pytest.approx(interval) if interval else None)
+        if interval:
+            assert interval[0] <= 1.0 <= interval[1]
 
 
 def test_memorisation_audit_finds_planted_copies(faces, tiny_space):
@@ -171,6 +176,17 @@ def test_wilson_interval_brackets_the_share_and_narrows_with_n():
     assert hi_big - lo_big < (hi - lo) / 2 and hi_big < 0.025
     assert metrics.wilson_interval(0, 0) == (0.0, 1.0)
     assert metrics.wilson_interval(0, 100)[0] == 0.0
+
+
+def test_ratio_interval_by_hand():
+    # 255 of 300 samples and 80 of 100 real faces: ratio 1.0625; log-ratio standard error
+    # sqrt(0.15 / 255 + 0.2 / 80) = 0.05557, so exp(log(1.0625) -+ 1.96 * 0.05557)
+    lo, hi = metrics.ratio_interval(255, 300, 80, 100)
+    assert (lo, hi) == pytest.approx((0.95285, 1.18477), abs=1e-4)
+    lo_big, hi_big = metrics.ratio_interval(2550, 3000, 800, 1000)  # ten times the faces
+    assert lo < lo_big < 1.0625 < hi_big < hi
+    assert metrics.ratio_interval(0, 300, 80, 100) is None  # no hit: no log-ratio
+    assert metrics.ratio_interval(300, 300, 100, 100) == pytest.approx([1.0, 1.0])
 
 
 def test_memorisation_floor_counts_held_out_real_faces_under_the_threshold(faces, tiny_space):

@@ -20,6 +20,7 @@ PER_CLASS_COLUMNS = (
     ("class_consistency", "consistency"),
     ("real_accuracy", "real acc."),
     ("consistency_ratio", "ratio"),
+    ("consistency_ratio_ci95", "ratio, 95% interval"),
     ("fid", "FID"),
     ("fid_floor", "FID floor"),
     ("kid_mean", "KID"),
@@ -42,6 +43,8 @@ SWEEP_COLUMNS = ("sampler", "steps", "guidance", "class_consistency", "consisten
 def fmt(value: Any) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # an interval
+        return f"{fmt(value[0])} to {fmt(value[1])}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
@@ -155,6 +158,7 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         ("class consistency (generated)", result["class_consistency"]),
         ("classifier accuracy (real test)", result["real_accuracy"]),
         ("consistency ratio (headline)", result["consistency_ratio"]),
+        ("consistency ratio, 95% interval", result.get("consistency_ratio_ci95")),
         (f"FID ({extractor})", result["fid"]),
         ("FID floor (real vs real, same size)", result.get("fid_floor")),
         ("FID / floor", result.get("fid_ratio")),
@@ -194,7 +198,7 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         ("seconds per image", result["seconds_per_image"]),
     ]
     per_class = [
-        [name, *(row[key] for key, _ in PER_CLASS_COLUMNS)]
+        [name, *(row.get(key) for key, _ in PER_CLASS_COLUMNS)]
         for name, row in result["per_class"].items()
     ]
     parts = [
@@ -209,10 +213,11 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "\n## Per group\n",
         "Consistency: share of samples the classifier assigns to the group they were asked for; "
         "ratio: consistency over the classifier's accuracy on real images of that group (1 = "
-        "generated faces are recognised as often as real ones). FID floor: FID between two "
-        "disjoint "
-        "sets of real faces of the group (test and validation split, as many as were "
-        "generated): what a perfect generator would score. Diversity: mean pairwise "
+        "generated faces are recognised as often as real ones; its 95% interval counts both "
+        "shares' sampling noise, the real one from ~100 test faces the larger). FID floor: "
+        "FID between two disjoint sets of real faces of the group (test and validation split, "
+        "as many as were generated): what a perfect generator would score. Diversity: mean "
+        "pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real held-out images' distances to the training set, test "
         "and validation faces); memorised floor: the same share for those real faces, which the "
