@@ -214,22 +214,20 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "Consistency: share of samples the classifier assigns to the group they were asked for; "
         "ratio: consistency over the classifier's accuracy on real images of that group (1 = "
         "generated faces are recognised as often as real ones; its 95% interval counts both "
-        "shares' sampling noise, the real one from ~100 test faces the larger). FID floor: "
-        "FID between two disjoint sets of real faces of the group (test and validation split, "
-        "as many as were generated): what a perfect generator would score. Diversity: mean "
-        "pairwise "
+        "shares' sampling noise, the real one from ~100 test faces the larger). FID floor: FID "
+        "between two disjoint sets of real faces of the group (test and validation split, as many "
+        "as were generated): what a perfect generator would score. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real held-out images' distances to the training set, test "
         "and validation faces); memorised floor: the same share for those real faces, which the "
-        "model never trained on, each split under the cut of the other split alone (what new "
-        "faces score under a cut estimated from this many faces; the profile above compares the "
-        "whole distributions). "
-        "Copies: share of samples whose nearest training image, pixel by pixel, is under "
-        "the ratio above times as far as the second nearest (a copy of one image, not a "
+        "model never trained on, each split under the cut of the other split alone (what new faces "
+        "score under a cut estimated from this many faces; the profile above compares the whole "
+        "distributions). Copies: share of samples whose nearest training image, pixel by pixel, is "
+        "under the ratio above times as far as the second nearest (a copy of one image, not a "
         "look-alike); copies floor: the same for real validation faces (the data's own "
-        "near-duplicates). Sharpness: the samples' power at high spatial frequencies (half "
-        "Nyquist and up) over the real test faces' (1 = as much fine detail, below = blurred, "
-        "above = noise or artefacts); sharpness floor: the same for real validation faces.\n",
+        "near-duplicates). Sharpness: the samples' power at high spatial frequencies (half Nyquist "
+        "and up) over the real test faces' (1 = as much fine detail, below = blurred, above = "
+        "noise or artefacts); sharpness floor: the same for real validation faces.\n",
         markdown_table(["group", *(h for _, h in PER_CLASS_COLUMNS)], per_class),
         "\n![per group](per_class.png)\n\n![samples](samples.png)\n",
     ]
