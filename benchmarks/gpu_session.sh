@@ -17,8 +17,8 @@
 #       OUT=$OUT/train BUDGET=330 bash benchmarks/gpu_session.sh train auto|STEPS
 #           utkface64 (16-mixed, compiled with CUDA graphs: ~100 s of compiling first, then
 #           18.95 steps/s on an H100, run 24) for STEPS steps (auto: from the bench's eager rate,
-#           on the safe side) on the carried faces (the demo data without them), evaluate.py on its
-#           last checkpoint, and its EMA weights in fp16 as <=16 MB parts (ema_fp16.ckpt.partNN,
+#           on the safe side) on the carried faces (the demo data without them), evaluate.py and
+#           sample.py's gallery on its last checkpoint, and its EMA weights in fp16 as <=16 MB parts (ema_fp16.ckpt.partNN,
 #           `cat` them together) for figures on a machine without a GPU
 #
 # Results land in $OUT (the device tool's folder; outputs/gpu_session elsewhere) as one
@@ -212,6 +212,10 @@ train)
     timeout -k 10 "$(left)" "$PY" evaluate.py ckpt="$RUN/checkpoints/last.ckpt" \
         out="$WORK/evaluate" n_per_class="$EVAL_N" guidance=0.8 2>&1 |
         tee "$WORK/evaluate.log" || true
+    # the README's gallery command, inside results.tar.gz (a call brings back at most 8 files:
+    # 30 PNGs in $OUT would crowd out the rest, run 25)
+    timeout -k 10 "$(left)" "$PY" sample.py ckpt="$RUN/checkpoints/last.ckpt" out="$WORK/gallery" \
+        n_per_class=10 guidance=0.8 seed=1 2>&1 | tail -1 || true
     cp -r "$RUN/loss_curves.png" "$RUN/loss_curves.json" "$RUN/samples" "$RUN/metrics.csv" \
         "$WORK/" 2>/dev/null || true
     grep -h "steps/s" "$WORK/train.log" | tail -3 >>"$WORK/summary.md" || true
