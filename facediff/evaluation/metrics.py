@@ -175,7 +175,7 @@ def ratio_interval(
 
     A consistency ratio divides the samples' share by the real faces' share of one group, and
     the real share rests on ~100 test faces: a ratio of 1.06 from 255 of 300 samples and 80 of
-    100 real faces lies anywhere in (0.95, 1.19)."""
+    100 real faces lies anywhere in (0.95, 1.18)."""
     if min(count_a, count_b, n_a, n_b) <= 0:
         return None
     pa, pb = count_a / n_a, count_b / n_b
