@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from facediff.cli import reported_errors
 from facediff.jobs.evaluate import run
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+@reported_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -8,6 +8,7 @@ sampling, evaluation and resume alike.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from facediff.untrusted import UnsafeValueError
 # Written into every checkpoint by DiffusionModule.on_save_checkpoint, checked on every load.
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
+ZIP_MAGIC = b"PK\x03\x04"  # what torch.save (and so Lightning) writes
 
 
 class CheckpointError(ValueError):
@@ -30,17 +32,32 @@ class CheckpointError(ValueError):
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint without executing code from it (weights_only=True) and check its marker."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(str(p) for p in path.glob("**/*.ckpt"))[:5]
+        hint = f"; found under it: {', '.join(found)}" if found else ""
+        raise CheckpointError(
+            f"Checkpoint {path} is a folder; pass a checkpoint file, e.g. "
+            f"{path / 'checkpoints' / 'last.ckpt'}{hint}."
+        )
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint {path} does not exist. Runs write theirs to "
             "<run folder>/checkpoints/last.ckpt (and best-*.ckpt); pass one of those."
         )
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != ZIP_MAGIC:
+        raise CheckpointError(
+            f"{path} is not a checkpoint file: torch.save writes a zip archive, and this file "
+            f"starts with {head!r}. Pass a run's <run folder>/checkpoints/last.ckpt."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means the same to the user
         raise CheckpointError(
-            f"Could not read checkpoint {path}: {err}. Is it a Lightning checkpoint written by "
-            "facediff's train.py, and complete (not truncated by an interrupted copy)?"
+            f"Could not read checkpoint {path} ({load_failure(err)}). facediff reads only "
+            "checkpoints written by its train.py, complete (not truncated by an interrupted "
+            "copy), and never loads a file in a way that could run code from it."
         ) from err
     meta = ckpt.get("facediff") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "hyper_parameters" not in ckpt:
@@ -57,6 +74,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return upgrade_checkpoint(ckpt)
     except (UnsafeValueError, TypeError) as err:
         raise CheckpointError(f"Refusing checkpoint {path}: {err}") from err
+
+
+def load_failure(err: Exception) -> str:
+    """torch.load's reason in one line, without its advice to retry with weights_only=False
+    (which would run any code the file holds)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        boilerplate = ("Weights only load failed", "Check the documentation", "WeightsUnpickler")
+        parts = [p.strip() for p in re.split(r"\n\s*\n", text)]
+        detail = [p for p in parts if p and not any(b in p for b in boilerplate)]
+        return "it holds more than plain weights, refused unread" + (
+            f": {detail[0]}" if detail else ""
+        )
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ that metric.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import re
@@ -26,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from facediff.data.checks import MAX_NEAR_DUPLICATES, check_demo, configured_class_names
 from facediff.diffusion.objective import build_diffusion
 from facediff.diffusion.sampling import check_fits
+from facediff.diffusion.settings import PRECISIONS as SAMPLING_PRECISIONS
 from facediff.diffusion.settings import SAMPLERS, SPACINGS, SamplingSettings
 
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
@@ -127,14 +130,15 @@ def check_sampling(
     """The six sampling keys under `prefix` (conf/sampling/default.yaml) and, given the model's
     diffusion, whether they fit it (steps <= T, no deterministic sampler from zero SNR with an
     epsilon model)."""
-    dot = f"{prefix}."
+    dot = f"{prefix}." if prefix else ""
     before = len(checks.errors)
     checks.choice(f"{dot}sampler", SAMPLERS)
     checks.integer(f"{dot}steps", 1)
-    checks.number(f"{dot}guidance")
+    checks.number(f"{dot}guidance", 0.0)
     checks.number(f"{dot}eta", 0.0)
     checks.integer(f"{dot}seed")
     checks.choice(f"{dot}spacing", SPACINGS)
+    checks.choice(f"{dot}precision", SAMPLING_PRECISIONS)
     if schedule is None or len(checks.errors) > before:
         return
     node = checks.get(prefix)
@@ -172,9 +176,28 @@ def configured_num_classes(c: Checks) -> int | None:
     return None if names is None else len(names)
 
 
+def check_trainer_keys(c: Checks) -> None:
+    """Every `trainer.*` key is an argument of Lightning's Trainer (a misspelt one, added with
+    Hydra's `+`, failed only when the Trainer was built, after the run folder was made)."""
+    trainer = OmegaConf.select(c.cfg, "trainer")
+    if not isinstance(trainer, DictConfig):
+        return
+    from lightning.pytorch import Trainer
+
+    known = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    for key in trainer:  # keys only: some values resolve only inside a Hydra job (SLURM's)
+        if not isinstance(key, str) or key.startswith("_") or key in known:
+            continue
+        value = OmegaConf.select(trainer, key, throw_on_resolution_failure=False)
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean trainer.{close[0]}?" if close else " (see conf/trainer/)"
+        c.fail(f"trainer.{key}", value, f"is not an argument of Lightning's Trainer{hint}")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Everything of conf/train.yaml a user types (on resume too), before anything is built."""
     c = Checks(cfg, "training")
+    check_trainer_keys(c)
     c.number("optim.optimizer.lr", 0.0, low_open=True)
     c.number("optim.optimizer.weight_decay", 0.0)
     betas = c.get("optim.optimizer.betas")
@@ -295,6 +318,8 @@ def check_sample_config(cfg: DictConfig) -> None:
     """conf/sample.yaml's values, before the checkpoint is read. (The sampling settings and
     class names need the checkpoint: facediff.jobs.sample.check_config checks them next.)"""
     c = Checks(cfg, "sampling")
+    check_ckpt(c)
+    check_sampling(c, "")
     c.integer("n_per_class", 1)
     c.integer("batch_size", 1)
     c.integer("grid_scale", 1)
@@ -315,6 +340,8 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     sampling settings of the main run and the sweep need the model's T:
     facediff.jobs.evaluate.check_config checks them next.)"""
     c = Checks(cfg, "evaluation")
+    check_ckpt(c)
+    check_sampling(c, "")
     c.integer("n_per_class", 2)
     c.integer("batch_size", 1)
     check_device(c)
@@ -335,7 +362,35 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     ):
         c.fail("memorisation.profile", profile, "must be a list of quantiles in (0, 1), or []")
     c.integer("sweep.n_per_class", 2)
+    samplers, guidance = c.get("sweep.samplers"), c.get("sweep.guidance")
+    if samplers not in (ABSENT, None) and not (
+        isinstance(samplers, list)
+        and all(
+            isinstance(p, dict)
+            and set(p) == {"sampler", "steps"}
+            and p["sampler"] in SAMPLERS
+            and is_int(p["steps"])
+            and p["steps"] >= 1
+            for p in samplers
+        )
+    ):
+        allowed = (
+            f"must be a list of {{sampler, steps}} with sampler one of {list(SAMPLERS)} and "
+            "steps >= 1, e.g. [{sampler: ddim, steps: 50}]"
+        )
+        c.fail("sweep.samplers", samplers, allowed)
+    if guidance not in (ABSENT, None) and not (
+        isinstance(guidance, list) and all(is_number(w) and w >= 0 for w in guidance)
+    ):
+        c.fail("sweep.guidance", guidance, "must be a list of numbers >= 0, e.g. [1.0, 2.0, 3.0]")
     c.raise_if_any()
+
+
+def check_ckpt(c: Checks) -> None:
+    if OmegaConf.is_missing(c.cfg, "ckpt"):
+        c.fail("ckpt", "???", "is required: ckpt=<run folder>/checkpoints/last.ckpt")
+    elif not isinstance(c.get("ckpt"), str):
+        c.fail("ckpt", c.get("ckpt"), "must be the path of a checkpoint file")
 
 
 def check_device(c: Checks) -> None:

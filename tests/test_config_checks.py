@@ -62,6 +62,8 @@ def test_every_shipped_config_passes(compose_cfg, override):
         (["trainer.precision=fp16"], "trainer.precision='fp16': must be one of ['auto', '32-true', "
                                      "'16-mixed', 'bf16-mixed'"),
         (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1"),
+        (["+trainer.max_epoch=3"], "trainer.max_epoch=3: is not an argument of Lightning's "
+                                   "Trainer; did you mean trainer.max_epochs?"),
         (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
         (["callbacks.nonfinite_guard.max_consecutive=0"],
          "callbacks.nonfinite_guard.max_consecutive=0"),

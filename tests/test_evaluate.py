@@ -122,8 +122,11 @@ def test_an_absolute_memorisation_threshold_puts_every_held_out_face_out_of_samp
     "overrides, error, match",
     [
         (["task=score"], ValueError, "Unknown task"),
-        (["steps=0"], ValueError, "steps must be in"),
-        (["sweep.samplers=[{sampler: euler, steps: 5}]"], ValueError, "Unknown sampler"),
+        (["steps=0"], ValueError, "steps=0: must be an integer >= 1"),
+        (["steps=9999"], ValueError, "steps must be in 1..500"),
+        (["guidance=-1"], ValueError, "guidance=-1: must be a finite number >= 0"),
+        (["sweep.samplers=[{sampler: euler, steps: 5}]"], ValueError, "sweep.samplers=.*euler"),
+        (["sweep.guidance=[1.0, -2.0]"], ValueError, "sweep.guidance=.*numbers >= 0"),
         (["n_per_class=1"], ValueError, "n_per_class=1: must be an integer >= 2"),
         (["features.inception_weights=/nowhere/w.pth"], FileNotFoundError, "weights-inception"),
     ],

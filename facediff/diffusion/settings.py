@@ -26,7 +26,7 @@ DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "sampling" / "def
 class SamplingSettings:
     """sampler: "ddpm" (ancestral) | "ddim" | "dpmpp" (DPM-Solver++ 2M);
     steps: number of denoising steps, 1..T (T is checked by `check_steps` where it is known);
-    guidance: classifier-free guidance w, uncond + w (cond - uncond); 1 = none;
+    guidance: classifier-free guidance w >= 0, uncond + w (cond - uncond); 1 = none;
     eta: DDIM and DPM-Solver++ (ddpm ignores it): 0 deterministic (the ODE) .. 1 as noisy as
         DDPM (DPM-Solver++'s SDE form);
     seed: the noise seed (sample i draws from (seed, i));
@@ -67,6 +67,11 @@ class SamplingSettings:
                 raise ValueError(f"sampling {name} must be finite, got {value!r}.")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}.")
+        if self.guidance < 0:  # w < 0 steers away from the class the images are filed under
+            raise ValueError(
+                f"guidance must be >= 0 (0: the unconditional model, 1: none, > 1: stronger), "
+                f"got {self.guidance}."
+            )
 
     @classmethod
     def from_config(

@@ -36,8 +36,9 @@ PER_CLASS_COLUMNS = (
     ("n_generated", "n gen."),
     ("n_real", "n real"),
 )
-SWEEP_COLUMNS = ("sampler", "steps", "guidance", "class_consistency", "consistency_ratio",
-                 "fid", "fid_ratio", "kid_mean", "sharpness", "seconds_per_image")  # fmt: skip
+SWEEP_COLUMNS = ("sampler", "steps", "guidance", "n_per_class", "class_consistency",
+                 "consistency_ratio", "fid", "fid_ratio", "kid_mean", "sharpness",
+                 "seconds_per_image")  # fmt: skip
 
 
 def fmt(value: Any) -> str:
@@ -107,6 +108,18 @@ def sweep_plot(rows: Sequence[dict], x_key: str, path: Path, title: str) -> None
     plt.close(fig)
 
 
+def sweep_points(result: dict) -> tuple[dict, list[dict]]:
+    """The main setting's row and the points of the sweep's curves and table. FID depends on
+    the sample size, so the main setting joins them only where the sweep drew as many per
+    class (evaluate.py then does not draw it again)."""
+    n_main = result["n_generated"] // len(result["per_class"])
+    main = {**result["sampling"], **{k: result[k] for k in SWEEP_COLUMNS if k in result}}
+    main["n_per_class"] = n_main
+    sweep = result.get("sweep") or []
+    same_size = all(r.get("n_per_class") == n_main for r in sweep)
+    return main, ([main, *sweep] if same_size and sweep else list(sweep))
+
+
 def write_report(
     out: Path,
     result: dict,
@@ -127,18 +140,20 @@ def write_report(
         samples, nearest = (torch.stack([p[k] for p in pairs]) for k in (0, 1))
         grid = labelled_grid([samples, nearest], ["sample", "nearest train"], scale=scale)
         grid.save(figures["closest_pairs"])
-    main = {**result["sampling"], **{k: result[k] for k in SWEEP_COLUMNS if k in result}}
-    points = [main, *(result.get("sweep") or [])]  # the main setting is a point of both curves
+    main, points = sweep_points(result)
+    n = points[0]["n_per_class"] if points else main["n_per_class"]
     by_steps = [r for r in points if r["guidance"] == main["guidance"]]
     if len(by_steps) > 1:
         figures["sweep_steps"] = out / "sweep_steps.png"
-        sweep_plot(by_steps, "steps", figures["sweep_steps"], "quality against step count")
+        title = f"quality against step count ({n} per class)"
+        sweep_plot(by_steps, "steps", figures["sweep_steps"], title)
     by_guidance = [
         r for r in points if (r["sampler"], r["steps"]) == (main["sampler"], main["steps"])
     ]
     if len(by_guidance) > 1:
         figures["sweep_guidance"] = out / "sweep_guidance.png"
-        sweep_plot(by_guidance, "guidance", figures["sweep_guidance"], "quality against guidance")
+        title = f"quality against guidance ({n} per class)"
+        sweep_plot(by_guidance, "guidance", figures["sweep_guidance"], title)
     (out / "report.md").write_text(markdown(result, figures, pairs))
     return figures
 
@@ -240,7 +255,11 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
             "![closest pairs](closest_pairs.png)\n"
         )
     if result.get("sweep"):
-        rows = [[r[k] for k in SWEEP_COLUMNS] for r in result["sweep"]]
+        main, points = sweep_points(result)
+        rows = [
+            [f"{r[k]} (main)" if r is main and k == "sampler" else r.get(k) for k in SWEEP_COLUMNS]
+            for r in points
+        ]
         parts += ["## Sweeps\n", markdown_table(list(SWEEP_COLUMNS), rows), ""]
         parts += [f"![{k}]({figures[k].name})\n" for k in ("sweep_steps", "sweep_guidance")
                   if k in figures]  # fmt: skip

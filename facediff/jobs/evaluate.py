@@ -76,7 +76,11 @@ def check_config(
         gen.settings(SamplingSettings.from_config({"guidance": float(w)}, settings, T))
         for w in cfg.sweep.guidance or []
     ]
-    return settings, points
+    # Each setting once; the main one only where the sweep draws another sample size (the main
+    # run's numbers are that point's otherwise: the report's curves join it to the sweep's).
+    skip = {settings} if cfg.sweep.n_per_class == cfg.n_per_class else set()
+    unique = [p for p in dict.fromkeys(points) if p not in skip]
+    return settings, unique
 
 
 def build_data(cfg: DictConfig, gen: Generator) -> FaceDataModule:
@@ -141,7 +145,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("Wrote %s/metrics.json and %s/report.md", out, out)
     for point in points:
         try:
-            row = {**record(point), **score.headline(cfg.sweep.n_per_class, point)}
+            row = {
+                **record(point),
+                "n_per_class": cfg.sweep.n_per_class,
+                **score.headline(cfg.sweep.n_per_class, point),
+            }
         except Exception as err:  # keep the points done, say which failed, and fail
             result["sweep_error"] = {
                 "point": record(point),
