@@ -57,7 +57,7 @@ def test_missing_root_explains_layouts_download_and_demo(tmp_path: Path) -> None
     text = str(info.value)
     assert str(tmp_path / "nope") in text
     assert "[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]" in text
-    assert "root/<class>/*.jpg" in text
+    assert "root/<class>/*.jpg" not in text  # the layout chosen, not both
     assert "https://susanqq.github.io/UTKFace/" in text
     assert "python train.py experiment=demo" in text
 
@@ -84,3 +84,10 @@ def test_wrong_layout_hints(utk_root: Path, folder_root: Path) -> None:
 def test_detect_layout(utk_root: Path, folder_root: Path) -> None:
     assert detect_layout(utk_root) == "utkface"
     assert detect_layout(folder_root) == "folder"
+
+
+def test_a_missing_folder_root_is_explained_as_a_folder_layout(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        list_labelled_files(tmp_path / "nowhere", "folder")
+    text = str(info.value)
+    assert "root/<class>/*.jpg" in text and "experiment=demo" in text and "UTKFace" not in text

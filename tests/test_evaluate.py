@@ -85,6 +85,8 @@ def test_report_and_figures_are_written(evaluated):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "not Inception-v3" in report and "## Per group" in report and "## Sweeps" in report
+    assert result["data"] == "demo"  # the model card's caveats are the demo's, not UTKFace's
+    assert "drawn by a program" in report and "UTKFace" not in report
     ran = result["sampling"]["precision"]  # what "auto" meant here, never "auto" itself
     assert ran in ("fp32", "bf16") and f"the network in {ran};" in report
     assert [(p["sampler"], p["steps"], p["guidance"]) for p in result["sweep"]] == [

@@ -186,7 +186,11 @@ def test_ratio_interval_by_hand():
     lo_big, hi_big = metrics.ratio_interval(2550, 3000, 800, 1000)  # ten times the faces
     assert lo < lo_big < 1.0625 < hi_big < hi
     assert metrics.ratio_interval(0, 300, 80, 100) is None  # no hit: no log-ratio
-    assert metrics.ratio_interval(300, 300, 100, 100) == pytest.approx([1.0, 1.0])
+    # no miss: Haldane's half counts, 30.5 / 31 over 30.5 / 31, log-ratio standard error
+    # sqrt(2 * (0.5 / 31) / 30.5) = 0.03252, so exp(-+ 1.96 * 0.03252)
+    assert metrics.ratio_interval(30, 30, 30, 30) == pytest.approx([0.9383, 1.0658], abs=1e-4)
+    lo, hi = metrics.ratio_interval(300, 300, 80, 100)  # the real share's noise still counts
+    assert lo < 1.25 < hi and hi - lo > 0.2
 
 
 def test_memorisation_floor_counts_held_out_real_faces_under_the_threshold(faces, tiny_space):

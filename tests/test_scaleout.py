@@ -24,6 +24,7 @@ from test_training import wandb_records  # tests/ is on sys.path under pytest
 from facediff.checkpoint import load_checkpoint
 from facediff.data.balanced_sampler import BalancedSampler
 from facediff.inference.generator import Generator
+from facediff.lightning import sweeps
 from facediff.lightning.distributed import (
     MultirunRelaunchError,
     launched_as_rank_zero,
@@ -209,10 +210,13 @@ def test_ddp_relaunch_inside_a_multirun_is_refused(tiny_cfg, keep_rank):
 
 
 # ----------------------------------------------------------------------------------- sweeps
-def test_objective_value_is_the_named_metric_or_none_with_a_warning(caplog):
+def test_objective_value_is_the_named_metric_or_none_with_a_warning(caplog, monkeypatch):
     metrics = {"val/loss": torch.tensor(0.25), "train/loss_epoch": torch.tensor(0.5)}
     assert objective_value(metrics, "val/loss") == 0.25
     assert objective_value(metrics, None) is None
+    assert objective_value(metrics, "eval/class_consistency") is None
+    assert caplog.text == ""  # a single run returns to no sweeper: nothing to warn of
+    monkeypatch.setattr(sweeps, "in_multirun", lambda: True)
     assert objective_value(metrics, "eval/class_consistency") is None
     assert "eval/class_consistency" in caplog.text and "train/loss_epoch, val/loss" in caplog.text
 

@@ -119,7 +119,9 @@ class FaceDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order."""
         if self._class_names is None:
-            self._class_names = check_names(list_class_folders(check_root(self.root)), "Class name")
+            self._class_names = check_names(
+                list_class_folders(check_root(self.root, self.layout)), "Class name"
+            )
         return list(self._class_names)
 
     @property

@@ -28,23 +28,30 @@ LAYOUTS = ("utkface", "folder")
 UTKFACE_URL = "https://susanqq.github.io/UTKFace/"
 
 
-def missing_root_message(root: str | os.PathLike[str]) -> str:
-    """Explain what a dataset root must contain, where to get UTKFace, and the demo fallback."""
+def missing_root_message(root: str | os.PathLike[str], layout: str | None = None) -> str:
+    """Explain what a dataset root must contain (for `layout`, or both layouts when None),
+    where to get UTKFace, and the demo fallback."""
+    utkface = (
+        f"layout=utkface (data=utkface): a flat folder of UTKFace files named "
+        f"{UTKFACE_NAME_FORMAT}, published at {UTKFACE_URL} (download it yourself and point "
+        "data.root at the extracted folder)"
+    )
+    folder = "layout=folder (data=folder): root/<class>/*.jpg|*.png, one sub-folder per class"
+    expected = {"utkface": utkface, "folder": folder}.get(
+        layout or "", f"one of two layouts: (1) {utkface}; (2) {folder}"
+    )
     return (
         f"Dataset root {str(root)!r} does not exist (resolved: {Path(root).resolve()}). "
-        "Expected one of two layouts: (1) layout=utkface: a flat folder of UTKFace files named "
-        f"{UTKFACE_NAME_FORMAT}; (2) layout=folder: root/<class>/*.jpg|*.png with one sub-folder "
-        f"per class. UTKFace is published at {UTKFACE_URL}; download it yourself and point "
-        "`root` at the extracted folder. To try the project without any download, run the "
+        f"Expected {expected}. To try the project without any download, run the "
         "built-in synthetic demo instead: `python train.py experiment=demo`."
     )
 
 
-def check_root(root: str | os.PathLike[str]) -> Path:
+def check_root(root: str | os.PathLike[str], layout: str | None = None) -> Path:
     """Return ``root`` as a Path, or raise FileNotFoundError with guidance when it is missing."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(missing_root_message(root))
+        raise FileNotFoundError(missing_root_message(root, layout))
     return path
 
 
@@ -164,8 +171,8 @@ def list_labelled_files(
     configured class has no images. Entries that cannot be used (symlink loops, names that are
     not UTF-8) are skipped, listed in ``Listing.skipped`` and reported in one warning.
     """
-    path = check_root(root)
-    if check_layout(layout) == "utkface":
+    path = check_root(root, check_layout(layout))
+    if layout == "utkface":
         listing = _list_utkface(path, classes, attribute)
     else:
         listing = _list_folder(path, classes)

@@ -175,9 +175,15 @@ def ratio_interval(
 
     A consistency ratio divides the samples' share by the real faces' share of one group, and
     the real share rests on ~100 test faces: a ratio of 1.06 from 255 of 300 samples and 80 of
-    100 real faces lies anywhere in (0.95, 1.18)."""
+    100 real faces lies anywhere in (0.95, 1.18).
+
+    Where a share is 100% (no miss) the log method's width is 0, as if 30 of 30 proved a
+    certainty: then every count gets half a hit and half a miss (Haldane's correction), and
+    30/30 over 30/30 reads (0.94, 1.07) instead of (1, 1)."""
     if min(count_a, count_b, n_a, n_b) <= 0:
         return None
+    if count_a == n_a or count_b == n_b:
+        count_a, n_a, count_b, n_b = count_a + 0.5, n_a + 1, count_b + 0.5, n_b + 1
     pa, pb = count_a / n_a, count_b / n_b
     half = z * ((1 - pa) / count_a + (1 - pb) / count_b) ** 0.5
     centre = math.log(pa / pb)

@@ -138,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         checkpoint={"path": str(cfg.ckpt), "global_step": gen.meta.get("global_step")},
         sampling=record(settings),
         classifier=clf_meta,
+        data="demo" if dm.demo else dm.layout,  # whose labels the report's caveats are about
         sweep=[],
     )
     write = write_outputs(cfg, out, fake, real, score.held_out_nn, dm, gen.class_names)

@@ -24,13 +24,15 @@ def objective_value(metrics: Mapping[str, Any], name: str | None) -> float | Non
     sweeper optimises.
 
     A metric that was never logged (e.g. `eval/class_consistency` with the eval_metrics callback
-    off) returns None with a warning naming the logged metrics, since the Optuna sweeper itself
-    only reports "must be float-castable". A non-finite value is returned as it is (Optuna
-    records that trial as failed).
+    off) returns None; in a sweep (Hydra's multirun) with a warning naming the logged metrics,
+    since the Optuna sweeper itself only reports "must be float-castable". A non-finite value
+    is returned as it is (Optuna records that trial as failed).
     """
     if not name:
         return None
     value = metrics.get(name)
+    if value is None and not in_multirun():  # a single run returns to no sweeper
+        return None
     if value is None:
         log.warning(
             "optimized_metric=%s was never logged, so this job returns nothing to a sweeper. "
