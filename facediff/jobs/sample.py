@@ -173,5 +173,10 @@ def run(cfg: DictConfig) -> Path:
         **record,
     }
     (out / "samples.json").write_text(json.dumps(meta, indent=2))
-    log.info("Wrote %d images, grid.png and samples.json to %s", len(record["files"]), out)
+    figures = ["grid.png", "samples.json"]
+    figures += ["sweep.png"] if cfg.sweep is not None else []
+    figures += ["denoising.png", "denoising.gif"] if cfg.denoising is not None else []
+    figures += [p.name for p in sorted(out.glob("attention_*.png"))] if cfg.attention else []
+    log.info("Wrote %d images (a folder per class%s) and %s to %s", len(record["files"]),
+             " and blend/" if cfg.blend is not None else "", ", ".join(figures), out)  # fmt: skip
     return out
