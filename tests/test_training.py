@@ -126,8 +126,12 @@ def test_resume_refuses_other_models_and_foreign_files(tiny_cfg, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="Could not read"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint file"):
         load_checkpoint(tmp_path / "garbage.ckpt")
+    truncated = tmp_path / "truncated.ckpt"  # an interrupted copy: a zip's head, not its end
+    truncated.write_bytes(foreign.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"Could not read .*truncated"):
+        load_checkpoint(truncated)
 
 
 def test_sample_figures_are_written(tiny_cfg):
