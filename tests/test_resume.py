@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -22,6 +23,7 @@ from facediff.checkpoint import CheckpointError, check_resumable, load_checkpoin
 from facediff.data.balanced_sampler import BalancedSampler
 from facediff.data.build import build_datamodule
 from facediff.data.resumable import ResumableDataLoader, SeededRandomSampler
+from facediff.lightning.optim import schedule_change
 from facediff.lightning.preemption import Preempted
 from facediff.lightning.resume import ResumeError, resolve_ckpt_path
 from facediff.lightning.training import run
@@ -63,7 +65,9 @@ RUN = (
 )
 
 
-def test_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(tiny_cfg, monkeypatch):
+def test_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(
+    tiny_cfg, monkeypatch, caplog
+):
     whole = tiny_cfg(*RUN, name="whole")
     # The first run over fresh demo data builds its caches, which draws from the global random
     # stream after seeding; build them first so that both runs below start alike.
@@ -84,7 +88,9 @@ def test_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(tiny_cfg,
         {"epoch": 1, "batches": 2}
     ]
 
-    run(tiny_cfg(*RUN, "ckpt_path=last", name="killed"))  # same folder: resumes last.ckpt
+    with caplog.at_level(logging.WARNING):
+        run(tiny_cfg(*RUN, "ckpt_path=last", name="killed"))  # same folder: resumes last.ckpt
+    assert "learning-rate schedule spanned" not in caplog.text  # the same length: exact
 
     steps, resumed = losses(run_dir)
     whole_steps, uninterrupted = losses(Path(whole.paths.output_dir))
@@ -97,6 +103,21 @@ def test_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(tiny_cfg,
         torch.testing.assert_close(end[key], reference[key])
     torch.testing.assert_close(end["optimizer_states"], reference["optimizer_states"])
     assert end["lr_schedulers"] == reference["lr_schedulers"]
+    assert end["facediff"]["schedule_steps"] == 10
+
+    # A longer resume lays the schedule over the new length: said, with the jump it makes.
+    longer = [*RUN[:1], "trainer.max_steps=14", *RUN[2:], "ckpt_path=last"]
+    with caplog.at_level(logging.WARNING):
+        run(tiny_cfg(*longer, name="whole"))
+    assert "Resuming at step 10 a run whose learning-rate schedule spanned 10 steps, now 14" in (
+        caplog.text
+    )
+
+
+def test_schedule_change_names_the_learning_rates_before_and_after():
+    assert schedule_change(10, 10, 10, 3, 0.0, 1e-3) is None
+    text = schedule_change(10, 10, 20, 3, 0.0, 1e-3)  # the end of the cosine, then its middle
+    assert "goes from 0 to 0.000637 at this step" in text and "warm restart" in text
 
 
 # ------------------------------------------------------------------------- data position

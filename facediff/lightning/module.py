@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -12,8 +13,10 @@ from torch import Tensor
 
 from facediff.checkpoint import CHECKPOINT_FORMAT, upgrade_checkpoint
 from facediff.diffusion.objective import build_diffusion, diffusion_loss, drop_labels
-from facediff.lightning.optim import parameter_groups, warmup_cosine
+from facediff.lightning.optim import parameter_groups, schedule_change, warmup_cosine
 from facediff.models.registry import build_model, model_record
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -77,6 +80,8 @@ class DiffusionModule(L.LightningModule):
         self.class_names = list(class_names)
         self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.schedule_steps: int | None = None  # the LR schedule's total steps, once built
+        self.resumed_schedule: tuple[int, int] | None = None  # (step, total) of a resumed run
         self.net.to(memory_format=self.memory_format)
         # Only the training step's forward is compiled: validation (eval mode, its own batch) and
         # the sampler (no grad, the sampler's batch) would each compile graphs of their own (one
@@ -151,6 +156,14 @@ class DiffusionModule(L.LightningModule):
             min_lr_ratio=sched["min_lr_ratio"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        self.schedule_steps = lr_lambda.keywords["total_steps"]  # saved with every checkpoint
+        if self.resumed_schedule is not None:  # (step, total steps) of the checkpoint's run
+            step, saved_total = self.resumed_schedule
+            change = schedule_change(step, saved_total, self.schedule_steps,
+                                     sched["warmup_steps"], sched["min_lr_ratio"],
+                                     optimizer.defaults["lr"])  # fmt: skip
+            if change:
+                log.warning(change)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -160,6 +173,8 @@ class DiffusionModule(L.LightningModule):
         # A marker so that sampling and resume can tell a facediff checkpoint from any other,
         # and the network's full config (e.g. UNetConfig), which sampling rebuilds it from.
         checkpoint["facediff"] = {"format": CHECKPOINT_FORMAT, "class_names": self.class_names}
+        if self.schedule_steps is not None:
+            checkpoint["facediff"]["schedule_steps"] = self.schedule_steps
         record = model_record(self.net)
         if record is not None:
             checkpoint["facediff"]["model"] = record
@@ -168,3 +183,6 @@ class DiffusionModule(L.LightningModule):
         # Resume and load_from_checkpoint of a format-1 file: rename its UNet weights first.
         if isinstance(checkpoint.get("facediff"), dict):
             upgrade_checkpoint(checkpoint)
+            saved_total = checkpoint["facediff"].get("schedule_steps")
+            if isinstance(saved_total, int) and isinstance(checkpoint.get("global_step"), int):
+                self.resumed_schedule = (checkpoint["global_step"], saved_total)

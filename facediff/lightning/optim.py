@@ -33,3 +33,24 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_change(
+    step: int, saved_total: int, total: int, warmup_steps: int, min_lr_ratio: float, lr: float
+) -> str | None:
+    """What a resume does to the learning rate when the run's length changed (None if not).
+
+    The schedule is a function of the step and the run's total steps (trainer.max_steps or
+    max_epochs); resuming with another total lays the warm-up and cosine over the new length,
+    so the learning rate at the resumed step jumps: a warm restart, not a continuation."""
+    if saved_total == total:
+        return None
+    before = lr * warmup_cosine(step, warmup_steps, saved_total, min_lr_ratio)
+    after = lr * warmup_cosine(step, warmup_steps, total, min_lr_ratio)
+    return (
+        f"Resuming at step {step} a run whose learning-rate schedule spanned {saved_total} "
+        f"steps, now {total} (trainer.max_steps or max_epochs changed): the warm-up and cosine "
+        f"are laid over {total} steps, so the learning rate goes from {before:.3g} to "
+        f"{after:.3g} at this step (a warm restart, not an exact continuation). Resume with the "
+        "run's own trainer.max_steps / max_epochs to continue it exactly."
+    )
