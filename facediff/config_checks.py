@@ -197,10 +197,31 @@ def check_trainer_keys(c: Checks) -> None:
         c.fail(f"trainer.{key}", value, f"is not an argument of Lightning's Trainer{hint}")
 
 
-def check_train_config(cfg: DictConfig) -> None:
-    """Everything of conf/train.yaml a user types (on resume too), before anything is built."""
+def check_classes_override(c: Checks, overrides: Sequence[str]) -> None:
+    """`data.classes={a: 0, b: 2}` on the command line is merged by Hydra into the classes of
+    data/labels (race3's three): the run would train on more groups than typed, silently."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    classes = c.get("data.classes")
+    if not isinstance(classes, dict):
+        return
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.key_or_group != "data.classes" or override.is_add():
+            continue
+        typed = override.value()
+        extra = sorted(set(classes) - set(typed)) if isinstance(typed, dict) else []
+        if extra:
+            c.fail("data.classes", typed, f"is merged into data/labels' classes, adding {extra}. "
+                   "To train on exactly these: data/labels=custom '+data.classes={...}'; to "
+                   "change one class: data.classes.<name>=<value>")  # fmt: skip
+
+
+def check_train_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Everything of conf/train.yaml a user types (on resume too), before anything is built.
+    `overrides`: the command line's (Hydra's task overrides), where their form matters."""
     c = Checks(cfg, "training")
     check_trainer_keys(c)
+    check_classes_override(c, overrides)
     c.number("optim.optimizer.lr", 0.0, low_open=True)
     c.number("optim.optimizer.weight_decay", 0.0)
     betas = c.get("optim.optimizer.betas")

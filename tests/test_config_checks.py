@@ -164,3 +164,22 @@ def test_sample_and_evaluate_name_bad_values_before_reading_the_checkpoint(
     with pytest.raises(ConfigError) as err:
         job.run(compose_job(name, *overrides))  # ConfigError, not "checkpoint does not exist"
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        (["data.classes={european: 0, oriental: 2}"], True),  # merged: indian would stay
+        (["data.classes={european: 0, indian: 3, oriental: 2}"], False),
+        (["data.classes.indian=1"], False),  # one class changed, as typed
+        (["data/labels=custom", "+data.classes={white: 0, asian: 2}"], False),
+    ],
+)  # fmt: skip
+def test_a_classes_dict_that_hydra_would_merge_is_refused(compose_cfg, overrides, refused):
+    cfg = compose_cfg(*overrides)
+    if not refused:
+        check_train_config(cfg, overrides)
+        return
+    with pytest.raises(ConfigError, match=r"is merged into data/labels' classes, adding "
+                                          r"\['indian'\].*data/labels=custom"):  # fmt: skip
+        check_train_config(cfg, overrides)

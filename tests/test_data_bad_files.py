@@ -137,3 +137,15 @@ def test_utkface_folder_with_a_loop_and_a_non_utf8_name(tmp_path: Path, write_im
     assert len(listing.relpaths) == 2 and len(listing.skipped) == 2
     report = audit_dataset(root, num_workers=0)
     assert report.usable == 2 and len(report.skipped) == 2 and report.total_files == 4
+
+
+def test_an_empty_file_and_a_malformed_name_are_named_with_a_fix(tmp_path: Path, write_image):
+    root = tmp_path / "utk"
+    for race in range(2):
+        write_image(root / utk_name(30, 0, race, race), seed=race)
+    (root / utk_name(31, 0, 0, 7)).write_bytes(b"")  # an interrupted download
+    write_image(root / "face_of_someone.jpg", seed=5)
+    assert read_and_decode(root / utk_name(31, 0, 0, 7)).error.startswith("empty file (0 bytes)")
+    text = format_report(audit_dataset(root, num_workers=0))
+    assert "empty file (0 bytes)" in text and "re-download or delete them" in text
+    assert "'face_of_someone.jpg'" in text and "rename them to that pattern" in text

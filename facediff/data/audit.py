@@ -20,7 +20,13 @@ from facediff.data.folder import list_class_folders, list_images
 from facediff.data.index import decode_files
 from facediff.data.near_duplicates import COMPARE_SIZE, near_identical_pairs
 from facediff.data.sources import check_root, detect_layout
-from facediff.data.utkface import GENDER_NAMES, RACE_NAMES, scan_utkface_entries
+from facediff.data.utkface import (
+    GENDER_NAMES,
+    MALFORMED_FIX,
+    RACE_NAMES,
+    UTKFACE_NAME_FORMAT,
+    scan_utkface_entries,
+)
 
 EXAMPLES = 5
 NEAR_DUPLICATES = 0.06  # as conf/data/utkface.yaml's near_duplicates
@@ -157,12 +163,15 @@ def format_report(report: AuditReport) -> str:
         lines.append(f"  malformed names {len(report.malformed):>7}")
         if report.malformed:
             lines.append(f"    e.g. {_examples([repr(n) for n in report.malformed])}")
+            lines.append(f"    (no labels in the name: {UTKFACE_NAME_FORMAT}; {MALFORMED_FIX})")
     lines.append(f"  skipped entries {len(report.skipped):>7}  (symlink loops, names not UTF-8)")
     for entry in report.skipped[:EXAMPLES]:
         lines.append(f"    {entry}")
     lines.append(f"  unreadable      {len(report.unreadable):>7}")
     for rel, error in report.unreadable[:EXAMPLES]:
         lines.append(f"    {rel}: {error}")
+    if report.unreadable:
+        lines.append("    (left out of training; fix: re-download or delete them)")
     lines.append(
         f"  duplicate groups {len(report.duplicate_groups):>6}  (byte-identical files; "
         f"{report.conflicting_groups} with conflicting labels)"

@@ -107,6 +107,7 @@ class FaceDataModule(L.LightningDataModule):
         configured = configured_class_names(self.layout, self.classes, attribute, self.demo)
         # Class names become file names (sample folders, figure names): one plain name each.
         self._class_names = None if configured is None else check_names(configured, "Class name")
+        self.built_index = False  # prepare_data decoded the files (not read them from the cache)
         if self.demo is not None:
             self.classes = self._class_names  # demo order (glasses, hat, beard), not sorted
         self.index: ImageIndex | None = None  # decoded files; dataset rows index into it
@@ -149,7 +150,7 @@ class FaceDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the demo data if configured and build the index cache (rank 0 only)."""
         self._ensure_demo()
-        self._index(self._listing())
+        self.built_index = not self._index(self._listing()).from_cache
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -190,7 +191,8 @@ class FaceDataModule(L.LightningDataModule):
         self.val_set = FaceDataset(labels, eval_tf, rows=rows["val"], **table)
         self.test_set = FaceDataset(labels, eval_tf, rows=rows["test"], **table)
         self._eval_train_set = FaceDataset(labels, eval_tf, rows=rows["train"], **table)
-        rank_zero_only(log.info)(format_summary(listing, index, dups, labels, rows, near))
+        summary = format_summary(listing, index, dups, labels, rows, near, self.built_index)
+        rank_zero_only(log.info)(summary)
 
     # ------------------------------------------------------------------------ evaluation
     def eval_dataset(self, split: str) -> FaceDataset:

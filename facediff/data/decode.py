@@ -100,6 +100,8 @@ def read_and_decode(path: str | os.PathLike[str], load_size: int | None = None) 
         data = read_bytes(path)
     except OSError as exc:
         return Decoded("", 0, 0, None, f"cannot read: {exc}")
+    if not data:
+        return Decoded("", 0, 0, None, "empty file (0 bytes): an interrupted download or copy")
     digest = hash_bytes(data)
     try:
         image, tensor = decode_bytes(data, load_size)

@@ -8,6 +8,7 @@ from facediff.data.duplicates import DuplicateResult
 from facediff.data.index import ImageIndex
 from facediff.data.sources import Listing
 from facediff.data.splits import SPLIT_NAMES
+from facediff.data.utkface import MALFORMED_FIX, UTKFACE_NAME_FORMAT
 
 
 def check_usable(listing: Listing, index: ImageIndex, kept_labels: list[int]) -> None:
@@ -34,13 +35,15 @@ def format_summary(
     labels: list[int],
     rows: dict[str, list[int]],
     near: tuple[int, int, list[list[str]]] | None = None,
+    built_now: bool = False,
 ) -> str:
     """The table setup logs: images per class and split, and what was skipped. `near`: the
-    near-identical groups found, the held-out images dropped or moved, and examples."""
+    near-identical groups found, the held-out images dropped or moved, and examples.
+    `built_now`: this process decoded the files (prepare_data), even if setup read them back."""
     names = listing.class_names
     width = max(8, *(len(n) for n in names))
     counts = {s: Counter(labels[r] for r in rows[s]) for s in SPLIT_NAMES}
-    origin = "loaded from cache" if index.from_cache else "built"
+    origin = "loaded from cache" if index.from_cache and not built_now else "built"
     lines = [
         f"Data: layout={listing.layout} root={listing.root} ({sum(map(len, rows.values()))} "
         f"images used, {listing.n_files} files seen, index {origin})",
@@ -53,6 +56,8 @@ def format_summary(
     lines.append(f"  {'total':<{width}} " + " ".join(f"{v:>6}" for v in (*totals, sum(totals))))
     if listing.layout == "utkface":
         lines.append(f"  malformed names: {len(listing.malformed)} {listing.malformed[:3]}")
+        if listing.malformed:
+            lines.append(f"    (not used: names are {UTKFACE_NAME_FORMAT}; {MALFORMED_FIX})")
     if listing.skipped:
         lines.append(f"  skipped entries: {len(listing.skipped)} {listing.skipped[:3]}")
     lines.append(f"  unreadable files: {len(index.unreadable)} {index.unreadable[:3]}")

@@ -20,6 +20,8 @@ from facediff.data.entries import scan_dir
 
 UTKFACE_PATTERN = re.compile(r"^(\d+)_([01])_([0-4])_(\d{17})\.jpg(\.chip\.jpg)?$")
 UTKFACE_NAME_FORMAT = "[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]"
+# What to do about files whose names carry no labels (they are listed and left out, never read)
+MALFORMED_FIX = "rename them to that pattern to use them, or move them out of the folder"
 RACE_NAMES: dict[int, str] = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 GENDER_NAMES: dict[int, str] = {0: "male", 1: "female"}
 ATTRIBUTES = ("race", "gender", "age")

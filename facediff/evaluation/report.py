@@ -270,7 +270,7 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
 # What the report says of a data set's labels (metrics.json's "data": utkface, folder or demo).
 LABEL_CAVEATS = {
     "utkface": "UTKFace's group labels were estimated by an algorithm and checked by people, "
-    "and the groups are coarse and imbalanced. ",
+    "and the groups are coarse (and imbalanced in the full release). ",
     "demo": "The demo's classes are drawn by a program (glasses, hat, beard): a check of the "
     "pipeline, not of any population. ",
 }
@@ -294,7 +294,8 @@ def model_card_section(result: dict) -> str:
         f"checkpoint the group recognised least often, relative to real faces of it, is "
         f"**{low[0]}** (consistency ratio {fmt(ratio(low))}), the most often **{high[0]}** "
         f"({fmt(ratio(high))}; above 1 the samples exaggerate the group); a gap between groups "
-        f"means the model serves them unequally. {LABEL_CAVEATS.get(result.get('data'), '')}"
+        "means the model serves them unequally, where it exceeds the ratios' 95% intervals "
+        f"(above). {LABEL_CAVEATS.get(result.get('data'), '')}"
         "The classifier that judges consistency learned the training data's labels: it "
         "measures agreement with them, not truth.\n"
     )

@@ -38,8 +38,9 @@ def launched_as_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
     return all(env.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
-class MultirunRelaunchError(RuntimeError):
-    """DDP would start copies of train.py that re-run the whole Hydra multirun."""
+class MultirunRelaunchError(ValueError):
+    """DDP would start copies of train.py that re-run the whole Hydra multirun (a config
+    mistake: reported as its message, like the other config errors)."""
 
 
 def refuse_relaunch_in_multirun(trainer: L.Trainer, multirun: bool) -> None:

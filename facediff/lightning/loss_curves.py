@@ -64,8 +64,10 @@ def plot_loss_curves(history: dict[str, Any], path: Path) -> None:
         colour = cmap(0.15 + 0.75 * i / max(1, len(val) - 1))
         ax_t.plot(ts, [v["per_t"][str(t)] for t in ts], "o-", ms=3, color=colour,
                   label=f"step {v['step']}")  # fmt: skip
-    ax_t.set(xlabel="timestep t", ylabel="validation loss", yscale="log",
-             title="Validation loss per timestep")  # fmt: skip
+    # the training objective at each t, its weighting included (min-SNR weights make the
+    # noisiest timesteps' values tiny by design)
+    ax_t.set(xlabel="timestep t", ylabel="validation loss (weighted as in training)",
+             yscale="log", title="Validation loss per timestep")  # fmt: skip
     if val:
         ax_t.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -36,9 +36,10 @@ def objective_value(metrics: Mapping[str, Any], name: str | None) -> float | Non
     if value is None:
         log.warning(
             "optimized_metric=%s was never logged, so this job returns nothing to a sweeper. "
-            "Logged: %s. Fix: pick one of those, or turn on what logs it (eval/* come from "
-            "callbacks.eval_metrics, which should run in the last epoch: every_n_epochs "
-            "dividing trainer.max_epochs).",
+            "Logged: %s. Fix: pick one of those, or turn on what logs it (val/* need a "
+            "validation: trainer.check_val_every_n_epoch or val_check_interval within the run; "
+            "eval/* come from callbacks.eval_metrics, which should run in the last epoch: "
+            "every_n_epochs dividing trainer.max_epochs).",
             name,
             ", ".join(sorted(metrics)) or "nothing",
         )

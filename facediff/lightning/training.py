@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -121,7 +122,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def run(cfg: DictConfig) -> float | None:
     """Train (and optionally test) as configured; return `cfg.optimized_metric` for sweepers."""
-    check_train_config(cfg)  # every value a user types, before anything is read or built
+    typed = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    check_train_config(cfg, typed)  # every value a user types, before anything is read or built
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
