@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from facediff.evaluation.metrics import wilson_interval
 from facediff.tensor_figures import labelled_grid
 
 PER_CLASS_COLUMNS = (
@@ -76,12 +77,26 @@ def closest_pairs(
 def per_class_plot(result: dict, path: Path) -> None:
     """Bars: class consistency of samples against the classifier's accuracy on real images."""
     names = list(result["per_class"])
-    fake = [result["per_class"][n]["class_consistency"] for n in names]
-    real = [result["per_class"][n]["real_accuracy"] for n in names]
+    rows = [result["per_class"][n] for n in names]
+    fake = [r["class_consistency"] for r in rows]
+    real = [r["real_accuracy"] for r in rows]
+
+    def errors(shares: list[float], key: str) -> list[list[float]]:
+        """Each share's 95% Wilson interval as (below, above) bar lengths."""
+        below, above = [], []
+        for p, r in zip(shares, rows, strict=True):
+            lo, hi = wilson_interval(round(p * r[key]), r[key]) if r[key] else (p, p)
+            below.append(p - lo)
+            above.append(hi - p)
+        return [below, above]
+
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.4))
-    ax.bar([i - 0.2 for i in x], real, 0.4, label="real test images")
-    ax.bar([i + 0.2 for i in x], fake, 0.4, label="generated")
+    bars = {"capsize": 3, "error_kw": {"lw": 0.8}}
+    ax.bar([i - 0.2 for i in x], real, 0.4, yerr=errors(real, "n_real"), **bars,
+           label="real test images")  # fmt: skip
+    ax.bar([i + 0.2 for i in x], fake, 0.4, yerr=errors(fake, "n_generated"), **bars,
+           label="generated (bars: 95% intervals)")  # fmt: skip
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recognised as their class")
@@ -231,7 +246,8 @@ def markdown(result: dict, figures: dict[str, Path], pairs: Sequence[tuple]) -> 
         "generated faces are recognised as often as real ones; its 95% interval counts both "
         "shares' sampling noise, the real one from ~100 test faces the larger). FID floor: FID "
         "between two disjoint sets of real faces of the group (test and validation split, as many "
-        "as were generated): what a perfect generator would score. Diversity: mean pairwise "
+        "as were generated): what a perfect generator would score. KID is an unbiased "
+        "estimate, so near 0 (a floor) it can come out slightly negative. Diversity: mean pairwise "
         "feature distance. Memorised: share of samples nearer to a training image than the "
         "threshold (a low quantile of real held-out images' distances to the training set, test "
         "and validation faces); memorised floor: the same share for those real faces, which the "
