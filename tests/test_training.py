@@ -1,6 +1,7 @@
 """End-to-end training on tiny synthetic data: fit, loss, EMA in checkpoints, resume, W&B."""
 
 import csv
+import json
 import os
 import struct
 import subprocess
@@ -179,6 +180,8 @@ def test_train_py_multirun_writes_one_offline_wandb_run_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "multirun").glob("*/wandb/offline-run-*"))
     assert len(runs) == 2, proc.stderr[-3000:]
+    for run_dir in runs:  # each job says how to upload its own run
+        assert f"upload it with: wandb sync {run_dir}" in proc.stdout + proc.stderr
 
     for run_dir in runs:
         history = [
@@ -262,3 +265,16 @@ def test_short_fit_on_the_real_utkface_sample(compose_cfg, real_utkface, demo_ca
     ckpt = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3
     assert len(ckpt["hyper_parameters"]["class_names"]) == int(labels[-1])
+
+
+def test_a_run_ending_at_max_steps_outside_a_validation_epoch_validates_and_saves_there(tiny_cfg):
+    # 4 batches an epoch, validation every 2nd epoch (at step 8): max_steps=10 ends in epoch 2,
+    # which Lightning would not validate, and its last.ckpt would stay at step 8
+    cfg = tiny_cfg("trainer.max_epochs=-1", "trainer.max_steps=10",
+                   "trainer.check_val_every_n_epoch=2", "callbacks.sample_grid=null",
+                   name="max_steps")  # fmt: skip
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+    history = json.loads((run_dir / "loss_curves.json").read_text())
+    assert [v["step"] for v in history["val"]] == [8, 10]

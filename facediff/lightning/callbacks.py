@@ -277,6 +277,8 @@ class ValidateAtMaxSteps(Callback):
 
     Lightning ends a run that reaches `max_steps` mid-epoch without validating, so its
     `last.ckpt` would be the one of the previous epoch and a resume would silently repeat steps.
+    A stop validates only in an epoch that `check_val_every_n_epoch` would validate, so at the
+    last step that count is lifted (set to None: the run ends after this batch either way).
     """
 
     def on_train_batch_end(
@@ -289,3 +291,4 @@ class ValidateAtMaxSteps(Callback):
     ) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+            trainer.check_val_every_n_epoch = None  # Lightning reads it before validating

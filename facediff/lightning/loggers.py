@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import netrc
@@ -79,11 +80,13 @@ def finish_loggers(loggers: list[Logger]) -> None:
         run = getattr(logger, "_experiment", None) or wandb.run
         if run is None:
             continue
-        run_dir = os.path.dirname(run.dir)
+        run_dir, run_id = os.path.dirname(run.dir), run.id
         offline = run.settings.mode in ("offline", "dryrun")
         run.finish()
-        if offline:
-            log.info("W&B offline run saved; upload it with: wandb sync %s", run_dir)
+        if offline:  # a resumed run wrote one folder per process, all under the same id
+            parts = sorted(glob.glob(os.path.join(os.path.dirname(run_dir), f"*-{run_id}")))
+            log.info("W&B offline run saved; upload it with: wandb sync %s",
+                     " ".join(parts or [run_dir]))  # fmt: skip
 
 
 def config_for_logging(cfg: DictConfig) -> dict[str, Any]:
