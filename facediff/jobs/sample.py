@@ -133,7 +133,9 @@ def write_denoising(gen: Generator, cfg: DictConfig, settings: SamplingSettings,
     figures.denoising_gif(frames, names, out / "denoising.gif", scale=cfg.grid_scale)
 
 
-def write_attention(gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path) -> None:
+def write_attention(
+    gen: Generator, cfg: DictConfig, settings: SamplingSettings, out: Path
+) -> list[str]:
     att = cfg.attention
     names = list(cfg.classes or gen.class_names)
     figs = model_figures.attention_figures(
@@ -147,6 +149,7 @@ def write_attention(gen: Generator, cfg: DictConfig, settings: SamplingSettings,
     )
     for name, fig in figs.items():
         fig.save(inside(out, f"attention_{name}.png"))
+    return [f"attention_{name}.png" for name in figs]
 
 
 def run(cfg: DictConfig) -> Path:
@@ -162,8 +165,7 @@ def run(cfg: DictConfig) -> Path:
         write_sweep(gen, cfg, settings, out)
     if cfg.denoising is not None:
         write_denoising(gen, cfg, settings, out)
-    if cfg.attention is not None:
-        write_attention(gen, cfg, settings, out)
+    attention = write_attention(gen, cfg, settings, out) if cfg.attention is not None else []
     meta = {
         **gen.meta,
         **settings.to_dict(),
@@ -176,7 +178,7 @@ def run(cfg: DictConfig) -> Path:
     figures = ["grid.png", "samples.json"]
     figures += ["sweep.png"] if cfg.sweep is not None else []
     figures += ["denoising.png", "denoising.gif"] if cfg.denoising is not None else []
-    figures += [p.name for p in sorted(out.glob("attention_*.png"))] if cfg.attention else []
+    figures += attention
     log.info("Wrote %d images (a folder per class%s) and %s to %s", len(record["files"]),
              " and blend/" if cfg.blend is not None else "", ", ".join(figures), out)  # fmt: skip
     return out
