@@ -3,6 +3,7 @@ held-out splits, and finding them leaves the training split exactly as drawn."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def split_of(dm: FaceDataModule) -> dict[str, str]:
     return {dm.index.relpaths[r]: name for name in SPLIT_NAMES for r in dm.eval_dataset(name).rows}
 
 
-def test_datamodule_keeps_each_photograph_out_of_the_held_out_splits(tmp_path: Path) -> None:
+def test_datamodule_keeps_each_photograph_out_of_the_held_out_splits(
+    tmp_path: Path, caplog
+) -> None:
     pairs = write_faces(tmp_path / "faces", copies=8)
     options = dict(layout="folder", image_size=32, num_workers=0, cache_dir=str(tmp_path / "c"))
     split = {"train": 0.5, "val": 0.25, "test": 0.25}
@@ -84,7 +87,9 @@ def test_datamodule_keeps_each_photograph_out_of_the_held_out_splits(tmp_path: P
     assert straddle  # without the setting, some photographs are in train and held out
 
     dm = FaceDataModule(root=str(tmp_path / "faces"), split=split, near_duplicates=0.06, **options)
-    dm.setup("fit")
+    with caplog.at_level(logging.INFO, logger="facediff.data"):
+        dm.setup("fit")
+    assert f"({len(straddle)} held-out cop(ies) of training images dropped, " in caplog.text
     after = split_of(dm)
     for original, copy in pairs:
         in_train = [before[original] == "train", before[copy] == "train"]

@@ -176,10 +176,13 @@ class FaceDataModule(L.LightningDataModule):
         near = None
         if self.near_duplicates is not None:
             assert index.images is not None  # check_near_duplicates asks for cache_images
+            before = sum(map(len, rows.values()))
             rows, groups, changed = separate_near_identical(
                 rows, index.images, self.near_duplicates
             )
-            near = (len(groups), changed, [[index.relpaths[r] for r in g] for g in groups[:2]])
+            dropped = before - sum(map(len, rows.values()))  # the rest moved between splits
+            examples = [[index.relpaths[r] for r in g] for g in groups[:2]]
+            near = (len(groups), dropped, changed - dropped, examples)
         table: dict[str, Any] = {"load_size": self.load_size}
         if index.images is not None:
             table["images"] = index.images

@@ -34,11 +34,11 @@ def format_summary(
     dups: DuplicateResult,
     labels: list[int],
     rows: dict[str, list[int]],
-    near: tuple[int, int, list[list[str]]] | None = None,
+    near: tuple[int, int, int, list[list[str]]] | None = None,
     built_now: bool = False,
 ) -> str:
     """The table setup logs: images per class and split, and what was skipped. `near`: the
-    near-identical groups found, the held-out images dropped or moved, and examples.
+    near-identical groups found, the held-out images dropped and moved, and examples.
     `built_now`: this process decoded the files (prepare_data), even if setup read them back."""
     names = listing.class_names
     width = max(8, *(len(n) for n in names))
@@ -67,10 +67,10 @@ def format_summary(
         f"removed, {len(dups.conflicting)} with conflicting labels {action})"
     )
     if near is not None:
-        n_groups, changed, examples = near
+        n_groups, dropped, moved, examples = near
         shown = "; ".join(" ~ ".join(group) for group in examples)
         lines.append(
-            f"  near-identical groups: {n_groups} ({changed} held-out cop(ies) dropped or moved "
-            f"into one split){': ' + shown if shown else ''}"
+            f"  near-identical groups: {n_groups} ({dropped} held-out cop(ies) of training images "
+            f"dropped, {moved} moved into their group's split){': ' + shown if shown else ''}"
         )
     return "\n".join(lines)
