@@ -59,31 +59,30 @@ def model_key(config: Mapping[str, Any]) -> str:
     return str(name)
 
 
-def model_parameters(cls: type[nn.Module]) -> list[str]:
-    """The hyper-parameters a config may set for `cls` (besides image_size, num_classes)."""
+def _hyper_parameters(cls: type[nn.Module]) -> dict[str, bool]:
+    """{hyper-parameter name: whether it has a default} for `cls`, read off its config
+    dataclass or, without one, its __init__ (image_size and num_classes left out)."""
     config_class = getattr(cls, "config_class", None)
     if config_class is not None:
-        names = [f.name for f in dataclasses.fields(config_class)]
+        missing = dataclasses.MISSING
+        found = {f.name: f.default is not missing or f.default_factory is not missing
+                 for f in dataclasses.fields(config_class)}  # fmt: skip
     else:
         params = inspect.signature(cls.__init__).parameters.values()
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        names = [p.name for p in params if p.kind in kinds and p.name != "self"]
-    return [name for name in names if name not in FROM_DATA]
+        found = {p.name: p.default is not inspect.Parameter.empty
+                 for p in params if p.kind in kinds and p.name != "self"}  # fmt: skip
+    return {name: default for name, default in found.items() if name not in FROM_DATA}
+
+
+def model_parameters(cls: type[nn.Module]) -> list[str]:
+    """The hyper-parameters a config may set for `cls` (besides image_size, num_classes)."""
+    return list(_hyper_parameters(cls))
 
 
 def required_parameters(cls: type[nn.Module]) -> list[str]:
     """The hyper-parameters a config must set for `cls`: those without a default."""
-    config_class = getattr(cls, "config_class", None)
-    if config_class is not None:
-        missing = dataclasses.MISSING
-        names = [f.name for f in dataclasses.fields(config_class)
-                 if f.default is missing and f.default_factory is missing]  # fmt: skip
-    else:
-        params = inspect.signature(cls.__init__).parameters.values()
-        names = [p.name for p in params
-                 if p.default is inspect.Parameter.empty and p.name != "self"
-                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
-    return [name for name in names if name not in FROM_DATA]
+    return [name for name, default in _hyper_parameters(cls).items() if not default]
 
 
 def normalise_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
