@@ -31,9 +31,9 @@ def objective_value(metrics: Mapping[str, Any], name: str | None) -> float | Non
     if not name:
         return None
     value = metrics.get(name)
-    if value is None and not in_multirun():  # a single run returns to no sweeper
-        return None
     if value is None:
+        if not in_multirun():  # a single run returns to no sweeper: nothing to warn of
+            return None
         log.warning(
             "optimized_metric=%s was never logged, so this job returns nothing to a sweeper. "
             "Logged: %s. Fix: pick one of those, or turn on what logs it (val/* need a "
