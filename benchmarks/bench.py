@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default="original,unet_attn,unet,unet_tiny,diffusers_unet2d")
     p.add_argument("--precisions", default="all", help="fp32,bf16,fp16 or all the device offers")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"{VARIANTS} or none")
-    p.add_argument("--variant-models", default="unet_attn", help="models the variants run for")
+    p.add_argument(
+        "--variant-models", default="unet_attn,diffusers_unet2d",
+        help="models the variants run for (the ratios take each network's faster layout)",
+    )  # fmt: skip
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=3)
@@ -87,21 +90,32 @@ def train_cases(args: argparse.Namespace, precisions: list[str]) -> list[Any]:
     return cases
 
 
+def fastest_layout(train: dict[str, dict[str, Any]], model: str, precision: str) -> str | None:
+    """The key of `model`'s faster layout at `precision`: the plain (contiguous) case or its
+    channels_last variant (`/cl`), whichever ran and measured more images/s."""
+    keys = (f"{model}/{precision}", f"{model}/{precision}/cl")
+    keys = tuple(k for k in keys if "img_per_s" in train.get(k, {}))
+    return max(keys, key=lambda k: train[k]["img_per_s"]["median"], default=None)
+
+
 def compared(
     train: dict[str, dict[str, Any]], precisions: list[str], field: str
 ) -> Iterator[tuple[str, Any, Any]]:
     """(name, unet_attn's `field`, the other's) for the peer, `original` and `unet`, per
-    precision, where both plain cases ran."""
+    precision, each network in its faster layout (contiguous, or channels_last where that
+    variant ran and measured faster; the name says `/cl`)."""
     for p in precisions:
-        ours = train.get(f"unet_attn/{p}", {}).get(field)
+        ours = fastest_layout(train, "unet_attn", p)
         for other in ("diffusers_unet2d", "original", "unet"):
-            theirs = train.get(f"{other}/{p}", {}).get(field)
+            theirs = fastest_layout(train, other, p)
             if ours and theirs:
-                yield f"unet_attn/{other} {p}", ours, theirs
+                name = f"{ours.replace(f'/{p}', '')}/{theirs.replace(f'/{p}', '')} {p}"
+                yield name, train[ours][field], train[theirs][field]
 
 
 def ratios(train: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str, float]:
-    """unet_attn's rate over the peer's and the original's, per precision (plain cases)."""
+    """unet_attn's rate over the peer's, the original's and unet's, per precision, each in its
+    faster layout."""
     return {
         key: ours["median"] / theirs["median"]
         for key, ours, theirs in compared(train, precisions, "img_per_s")

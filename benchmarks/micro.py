@@ -12,6 +12,12 @@
 - lowp: facediff's CPU bf16 paths against torch's own kernels ("before"): attention (SDPA) in
   fp32 inside bf16 autocast, GroupNorm of a bf16 channels_last input in fp32, and the
   utkface_cpu recipe's whole training step (32x32, batch 64, bf16, channels_last) with both.
+- groupnorm: GroupNorm forward + backward of 16-bit channels_last tensors at the shapes of
+  `unet_attn` (batch `--batch`, 64x64) and of the CPU recipe: torch's NCHW kernel (what a
+  contiguous network runs), torch's NHWC kernel, facediff's previous path (normalise in fp32,
+  "before") and `ChannelsLastGroupNorm` ("after"); then whole bf16 training steps: `unet_attn`
+  contiguous and channels_last (before / after), the size-matched peer (contiguous, its
+  fastest), and the CPU recipe's network (channels_last, before / after).
 - dropout: facediff's CPU dropout (16 random bits per element) against nn.Dropout's
   (`bernoulli_`, one random number per element) at `unet_attn`'s four widths, and
   `unet_attn`'s whole training step (64x64, batch `--batch`, bf16) with each.
@@ -41,6 +47,22 @@ def legacy_attention_forward(self: Any, x: Any) -> Any:
     out = F.scaled_dot_product_attention(q, k, v)
     out = out.transpose(-1, -2).reshape(B, C, H, W)
     return x + self.proj(out)
+
+
+def fp32_group_norm_forward(self: Any, x: Any) -> Any:
+    """facediff's GroupNorm.forward before BENCHMARKS.md run 28 (kept for comparison only): a
+    16-bit channels_last CPU input normalised in fp32, then cast back."""
+    import torch
+    import torch.nn.functional as F
+
+    from facediff.models.group_norm import takes_channels_last_path
+
+    if not takes_channels_last_path(x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+    with torch.autocast("cpu", enabled=False):
+        w, b = (None if p is None else p.float() for p in (self.weight, self.bias))
+        out = F.group_norm(x.float(), self.num_groups, w, b, self.eps)
+    return out.to(x.dtype)
 
 
 def fwd_bwd(fn: Callable[[], Any], precision: str) -> Callable[[], None]:
@@ -121,15 +143,16 @@ def torch_kernels_step(step: Callable[[], None]) -> Callable[[], None]:
     import torch.nn.functional as F
 
     import facediff.models.layers as layers
+    from facediff.models.group_norm import GroupNorm
 
     def run() -> None:
-        fast_attention, fast_norm = layers.attention, layers.GroupNorm.forward
+        fast_attention, fast_norm = layers.attention, GroupNorm.forward
         layers.attention = F.scaled_dot_product_attention  # type: ignore[assignment]
-        layers.GroupNorm.forward = torch.nn.GroupNorm.forward  # type: ignore[method-assign]
+        GroupNorm.forward = torch.nn.GroupNorm.forward  # type: ignore[method-assign]
         try:
             step()
         finally:
-            layers.attention, layers.GroupNorm.forward = fast_attention, fast_norm  # type: ignore[method-assign]
+            layers.attention, GroupNorm.forward = fast_attention, fast_norm  # type: ignore[method-assign]
 
     return run
 
@@ -140,7 +163,8 @@ def lowp_cases() -> dict[str, Callable[[], None]]:
     from torch import nn
 
     from benchmarks.bench_train import TrainCase, TrainStep
-    from facediff.models.layers import GroupNorm, attention
+    from facediff.models.group_norm import GroupNorm
+    from facediff.models.layers import attention
 
     bf16, cases = torch.bfloat16, {}
     torch.manual_seed(0)
@@ -164,6 +188,67 @@ def lowp_cases() -> dict[str, Callable[[], None]]:
     cases[f"{key} before"] = torch_kernels_step(TrainStep(case, 32, 64, device))
     cases[f"{key} after"] = TrainStep(case, 32, 64, device)
     return cases
+
+
+def groupnorm_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
+    import torch
+    from torch import nn
+
+    from benchmarks.bench_train import TrainCase, TrainStep
+    from facediff.models.group_norm import GroupNorm
+
+    cases: dict[str, Callable[[], Any]] = {}
+    torch.manual_seed(0)
+    shapes = [(batch, ch, res) for ch, res in ((64, size), (192, size), (128, size // 2))]
+    shapes += [(batch, 256, size // 8), (64, 64, 32), (64, 64, 16)]  # last two: the CPU recipe
+    for b, ch, res in shapes:
+        x = torch.randn(b, ch, res, res).to(torch.bfloat16)
+        nchw = x.clone().requires_grad_()
+        nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        plain, new = nn.GroupNorm(32, ch), GroupNorm(32, ch)
+        old = GroupNorm(32, ch)
+        old.forward = types.MethodType(fp32_group_norm_forward, old)  # type: ignore[method-assign]
+        key = f"groupnorm B{b} C{ch} {res}px bf16"
+        cases[f"{key} NCHW torch"] = fwd_bwd(lambda x=nchw, m=plain: m(x), "bf16")
+        cases[f"{key} NHWC torch"] = fwd_bwd(lambda x=nhwc, m=plain: m(x), "bf16")
+        cases[f"{key} NHWC before"] = fwd_bwd(lambda x=nhwc, m=old: m(x), "bf16")
+        cases[f"{key} NHWC after"] = fwd_bwd(lambda x=nhwc, m=new: m(x), "bf16")
+    device = torch.device("cpu")
+    for model, b, res, fmts in (
+        ("unet_attn", batch, size, ("contiguous", "cl")),
+        ("diffusers_unet2d", batch, size, ("contiguous",)),
+        ("utkface_cpu", 64, 32, ("cl",)),
+    ):
+        for fmt in fmts:
+            try:
+                step = TrainStep(
+                    TrainCase(model, "bf16", channels_last=fmt == "cl"), res, b, device
+                )
+            except ImportError:  # diffusers: the optional bench extra
+                continue
+            key = f"{model} step {res}px batch {b} bf16 {fmt}"
+            if fmt == "cl":
+                cases[f"{key} before"] = fp32_norm_step(step)
+                step = TrainStep(TrainCase(model, "bf16", channels_last=True), res, b, device)
+                cases[f"{key} after"] = step
+            else:
+                cases[key] = step
+    return cases
+
+
+def fp32_norm_step(step: Callable[[], None]) -> Callable[[], None]:
+    """Run `step` with facediff's previous GroupNorm.forward (normalise in fp32)."""
+    from facediff.models.group_norm import GroupNorm
+
+    def run() -> None:
+        fast = GroupNorm.forward
+        GroupNorm.forward = fp32_group_norm_forward  # type: ignore[method-assign]
+        try:
+            step()
+        finally:
+            GroupNorm.forward = fast  # type: ignore[method-assign]
+
+    return run
 
 
 def dropout_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
@@ -207,7 +292,9 @@ def torch_dropout_step(step: Callable[[], None]) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(description="facediff micro-benchmarks")
     p.add_argument(
-        "--only", default="attention,step,ops", help="any of attention,step,ops,lowp,dropout"
+        "--only",
+        default="attention,step,ops",
+        help="any of attention,step,ops,lowp,groupnorm,dropout",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
@@ -230,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         cases |= op_cases(args.batch)
     if "lowp" in only:
         cases |= lowp_cases()
+    if "groupnorm" in only:
+        cases |= groupnorm_cases(args.batch, args.size)
     if "dropout" in only:
         cases |= dropout_cases(args.batch, args.size)
     times = interleave(cases, args.reps, args.warmup, torch.device("cpu"))

@@ -201,18 +201,19 @@ def test_micro_before_case_uses_torch_kernels_and_restores_them() -> None:
 
     import facediff.models.layers as layers
     from benchmarks.micro import torch_kernels_step
+    from facediff.models.group_norm import GroupNorm
 
     seen = []
 
     def step() -> None:
-        seen.append((layers.attention, layers.GroupNorm.forward))
+        seen.append((layers.attention, GroupNorm.forward))
         raise RuntimeError("step failed")
 
-    fast = (layers.attention, layers.GroupNorm.forward)
+    fast = (layers.attention, GroupNorm.forward)
     with pytest.raises(RuntimeError, match="step failed"):
         torch_kernels_step(step)()
     assert seen == [(F.scaled_dot_product_attention, nn.GroupNorm.forward)]
-    assert (layers.attention, layers.GroupNorm.forward) == fast
+    assert (layers.attention, GroupNorm.forward) == fast
 
 
 def test_micro_dropout_before_case_uses_nn_dropout_and_restores_it() -> None:
@@ -254,3 +255,19 @@ def test_paired_ratios_pair_each_round() -> None:
     assert (paired["median"], paired["min"], paired["max"]) == pytest.approx((1.35, 1.0, 3.0))
     overall = ratios(train, ["bf16"])["unet_attn/diffusers_unet2d bf16"]
     assert overall == pytest.approx(16 / (16 / 1.5 + 8) * 2)  # median over median: 1.71
+
+
+def test_ratios_take_each_networks_faster_layout() -> None:
+    from benchmarks.bench import ratios
+
+    def case(rate: float) -> dict[str, object]:
+        return {"step_seconds": [16 / rate], "img_per_s": {"median": rate}}
+
+    train = {
+        "unet_attn/bf16": case(10.0),
+        "unet_attn/bf16/cl": case(12.0),  # faster: taken
+        "diffusers_unet2d/bf16": case(8.0),
+        "diffusers_unet2d/bf16/cl": case(6.0),  # slower: the contiguous case is taken
+        "original/bf16": {"error": "failed"},  # no rate: no ratio
+    }
+    assert ratios(train, ["bf16"]) == {"unet_attn/cl/diffusers_unet2d bf16": pytest.approx(1.5)}

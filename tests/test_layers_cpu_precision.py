@@ -1,5 +1,7 @@
-"""The CPU low-precision paths of facediff.models.layers: attention and GroupNorm run in fp32 for
-bf16 inputs on a CPU (speed), and must give nn's results and gradients, in the input's dtype."""
+"""The CPU low-precision paths of facediff's layers: attention runs in fp32 for bf16 inputs on a
+CPU, GroupNorm takes its own backward for 16-bit channels_last inputs (speed); both must give
+nn's results and gradients, in the input's dtype (tests/test_group_norm.py: the backward's
+precision)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facediff.models.layers import GroupNorm, attention, group_norm
+from facediff.models.group_norm import GroupNorm, group_norm
+from facediff.models.layers import attention
 
 BF16 = torch.bfloat16
 
@@ -61,7 +64,7 @@ def test_group_norm_bf16_matches_fp32(channels_last: bool) -> None:
 
 
 def test_group_norm_with_bf16_weights_channels_last() -> None:
-    """A network cast to bf16 entirely (no autocast) goes through the fp32 path too."""
+    """A network cast to bf16 entirely (no autocast) takes the channels_last path too."""
     norm = GroupNorm(4, 16).to(BF16)
     x = torch.randn(2, 16, 8, 8).to(BF16).contiguous(memory_format=torch.channels_last)
     out = norm(x)

@@ -15,27 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (same parameters and state_dict) that normalises a bf16 / fp16 channels_last
-    input in fp32 on a CPU: torch's CPU kernel for that case, with fp32 affine weights as under
-    autocast, is slow: this path is 1.47x-1.56x faster for the CPU recipe's shapes on a Xeon with
-    AMX, though 0.65x for 128 channels in 8 groups (`python -m benchmarks.micro --only lowp`,
-    BENCHMARKS.md run 19). Every other input takes nn.GroupNorm's own path."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        slow_case = (
-            x.device.type == "cpu"
-            and x.dtype in (torch.bfloat16, torch.float16)
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        )
-        if not slow_case:
-            return super().forward(x)
-        with torch.autocast("cpu", enabled=False):
-            w, b = (None if p is None else p.float() for p in (self.weight, self.bias))
-            out = F.group_norm(x.float(), self.num_groups, w, b, self.eps)
-        return out.to(x.dtype)
+from facediff.models.group_norm import group_norm
 
 
 class Dropout(nn.Dropout):
@@ -59,18 +39,6 @@ class Dropout(nn.Dropout):
         bits = words.view(torch.int16)[:n].as_strided(x.shape, strides)
         keep = bits >= dropped - 32768  # P(keep) = (65536 - dropped) / 65536
         return x * (keep.to(x.dtype) * (65536 / (65536 - dropped)))
-
-
-def group_norm(channels: int, groups: int) -> GroupNorm:
-    """GroupNorm with ``min(groups, channels)`` groups, failing loudly if they do not divide."""
-    g = min(groups, channels)
-    if channels % g != 0:
-        raise ValueError(
-            f"GroupNorm: {g} groups do not divide {channels} channels; choose `groups` so that it "
-            f"divides every feature width of the network (including the decoder's concatenated "
-            f"skip widths), e.g. a power of two no larger than base_channels"
-        )
-    return GroupNorm(g, channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

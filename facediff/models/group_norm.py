@@ -1,0 +1,131 @@
+"""GroupNorm with a fast backward for channels_last tensors on a CPU.
+
+torch's CPU GroupNorm is fast for contiguous (NCHW) tensors in every dtype and for the forward
+of channels_last (NHWC) ones, but its NHWC backward is not: on a Xeon with AMX, a bf16
+(16, 64, 64, 64) batch took 34 ms forward + backward in NHWC against 3.8 ms in NCHW. A
+convolution in bf16, meanwhile, reorders every NCHW input to NHWC and back (about a fifth of
+`unet_attn`'s bf16 step), so the network is fastest in channels_last only if GroupNorm is too.
+
+``ChannelsLastGroupNorm`` keeps torch's forward (``aten.native_group_norm``, which also returns
+the per-group mean and 1/std) and computes the backward on the (B, H*W, C) view of the NHWC
+tensors, where every step is a batched matmul or a broadcast elementwise op that torch
+vectorises. With x the input, mu and rstd its group statistics, xc = x - mu, n = H*W*C/G and
+the sums per sample and channel s1 = sum_hw dy, s2 = sum_hw dy * xc (Wu & He 2018's
+normalisation, differentiated):
+
+    d_bias   = sum_b s1                          d_weight = sum_b rstd * s2
+    db_g = sum_{c in g} weight_c * s1            ds_g     = sum_{c in g} weight_c * s2
+    dx   = rstd * weight * dy  -  ds_g * rstd**3 / n * xc  -  db_g * rstd / n
+
+Centring x before the product, on the mean's part that x's dtype holds, keeps d_weight as
+precise as torch's NCHW kernel in that dtype when a group's mean is large against its spread
+(sum dy * x - mu * sum dy in bf16 lost 4% of d_weight at mean 10, std 1; centring on the mean
+rounded to bf16, 2%: tests/test_group_norm.py).
+Benchmark: `python -m benchmarks.micro --only groupnorm`, BENCHMARKS.md run 28.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+class ChannelsLastGroupNorm(torch.autograd.Function):
+    """GroupNorm of a channels_last tensor: torch's forward, the backward above."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float
+    ) -> Tensor:
+        B, C, H, W = x.shape
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, B, C, H * W, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)  # mean, rstd: (B, G)
+        ctx.groups = groups
+        return y  # (B, C, H, W), channels_last, x's dtype
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        B, C, H, W = x.shape
+        G, L, dt = ctx.groups, H * W, x.dtype
+        cpg = C // G  # channels per group
+        n = cpg * L  # elements per group and sample
+
+        def per_channel(t: Tensor) -> Tensor:  # (B, G, 1) -> (B, 1, C) in x's dtype
+            return t.expand(B, G, cpg).reshape(B, 1, C).to(dt)
+
+        tokens = lambda t: t.permute(0, 2, 3, 1).reshape(B, L, C)  # noqa: E731  NHWC view
+        x3 = tokens(x)  # (B, L, C)
+        dy3 = tokens(dy.contiguous(memory_format=torch.channels_last))  # (B, L, C)
+        mean = mean.float().view(B, G, 1)
+        rstd = rstd.float().view(B, G, 1)
+        # mu = mu_hi + mu_lo with mu_hi in x's dtype: x - mu_hi is exact where it matters (x
+        # near mu), and the small mu_lo is taken off the sums afterwards, in fp32
+        mean_hi = mean.to(dt)
+        mean_lo = mean - mean_hi.float()
+        xc = x3 - per_channel(mean_hi)  # (B, L, C): x - mu_hi
+        ones = x3.new_ones(B, 1, L)
+        s1 = torch.bmm(ones, dy3).float().view(B, G, cpg)  # sum_hw dy
+        s2 = torch.bmm(ones, dy3 * xc).float().view(B, G, cpg)  # sum_hw dy * (x - mu_hi)
+        s2 = s2 - mean_lo * s1  # sum_hw dy * (x - mu)
+        w = weight.float().view(G, cpg)
+        db = (s1 * w).sum(-1, keepdim=True)  # (B, G, 1)
+        ds = (s2 * w).sum(-1, keepdim=True)  # (B, G, 1)
+        c2 = -ds * rstd**3 / n  # the factor of x - mu in dx
+        dx3 = torch.addcmul(per_channel(c2 * mean_lo - db * rstd / n), xc, per_channel(c2))
+        dx3.addcmul_(dy3, (rstd * w).reshape(B, 1, C).to(dt))
+        dx = dx3.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
+        d_weight = (rstd * s2).sum(0).reshape(C).to(weight.dtype)
+        d_bias = s1.sum(0).reshape(C).to(weight.dtype)
+        return dx, d_weight, d_bias, None, None
+
+
+# Below this many pixels per channel (32x32), torch's NHWC forward is slow (7.7 ms against 0.3
+# NCHW for a bf16 (64, 64, 16, 16) batch) and the backward's fixed cost dominates: there the
+# tensor goes through torch's NCHW kernel and back (BENCHMARKS.md run 28)
+MIN_PIXELS = 1024
+
+
+def takes_channels_last_path(x: Tensor) -> bool:
+    """Whether ``GroupNorm`` treats ``x`` as a 16-bit channels_last CPU batch: 4-d, channels_last
+    (and not also contiguous), bf16 or fp16, outside torch.compile. fp32 NHWC keeps torch's
+    kernel: its backward is 1.5-2.5x its NCHW one, and the backward above does not beat it."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+    )
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state_dict) with a fast path for 16-bit channels_last
+    CPU batches: ``ChannelsLastGroupNorm`` from 32x32 up, torch's NCHW kernel (and back to
+    channels_last) below. Every other input takes nn.GroupNorm's own path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.affine or not takes_channels_last_path(x):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):  # the output stays in x's dtype
+            if x.shape[-2] * x.shape[-1] < MIN_PIXELS:
+                out = super().forward(x.contiguous())
+                return out.contiguous(memory_format=torch.channels_last)
+            return ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+
+
+def group_norm(channels: int, groups: int) -> GroupNorm:
+    """GroupNorm with ``min(groups, channels)`` groups, failing loudly if they do not divide."""
+    g = min(groups, channels)
+    if channels % g != 0:
+        raise ValueError(
+            f"GroupNorm: {g} groups do not divide {channels} channels; choose `groups` so that it "
+            f"divides every feature width of the network (including the decoder's concatenated "
+            f"skip widths), e.g. a power of two no larger than base_channels"
+        )
+    return GroupNorm(g, channels, eps=1e-6)
