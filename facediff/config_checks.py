@@ -251,7 +251,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     c.number("module.p_uncond", 0.0, 1.0, high_open=True)
     c.integer("module.val_timesteps", 1)
     c.integer("module.val_seed", 0)
-    c.choice("module.channels_last", (True, False))
+    c.choice("module.channels_last", (True, False, "auto"))
     c.choice("module.compile", (True, False, "auto"))
     c.choice("module.compile_mode", COMPILE_MODES)
 

@@ -101,3 +101,56 @@ def test_compile_auto_trains_eager_on_a_cpu(tiny_cfg, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on a CPU"))
     cfg = tiny_cfg("trainer.max_steps=2", "trainer.max_epochs=1", "module.compile=auto")
     run(cfg)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "precision", "model", "expected", "why"),
+    [
+        (CPUAccelerator, "bf16-mixed", "unet", True, "trained faster so"),
+        (CPUAccelerator, "32-true", "unet", False, "16-bit only"),
+        (CPUAccelerator, "bf16-mixed", "original", False, "GroupNorm is torch's"),
+        (CUDAAccelerator, "16-mixed", "unet", False, "slower on a GPU"),
+    ],
+)
+def test_channels_last_auto_follows_the_measurements(
+    accelerator, precision, model, expected, why, caplog
+):
+    """`module.channels_last: auto` picks channels_last on a CPU in 16-bit for facediff's
+    GroupNorm networks only, and says why; true and false are the user's."""
+    from facediff.lightning.training import auto_channels_last
+    from facediff.models.registry import build_model
+
+    cfg = {"name": model}
+    if model == "unet":
+        cfg |= dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                    attn_heads=1, dropout=0.0, grad_checkpoint=False, groups=4)  # fmt: skip
+    else:
+        cfg |= dict(need_weights=False, grad_checkpoint=False)
+    net = build_model(cfg, image_size=16, num_classes=2)
+    trainer = SimpleNamespace(accelerator=accelerator(), precision=precision)
+    with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
+        assert auto_channels_last("auto", trainer, net) is expected
+    assert f"module.channels_last auto: {expected}" in caplog.text and why in caplog.text
+    assert auto_channels_last(True, trainer, net) is True
+    assert auto_channels_last(False, trainer, net) is False
+
+
+def test_channels_last_auto_sets_the_layout_a_cpu_run_trains_in(tiny_cfg):
+    """In a run: bf16 on a CPU trains the weights in channels_last; fp32 keeps them contiguous."""
+    from facediff.lightning import training
+
+    layouts = {}
+    real = training.auto_channels_last
+
+    def spy(setting, trainer, net):
+        on = real(setting, trainer, net)
+        layouts[str(trainer.precision)] = on
+        return on
+
+    for precision in ("bf16-mixed", "32-true"):
+        overrides = (f"trainer.precision={precision}", "module.channels_last=auto")
+        cfg = tiny_cfg("trainer.max_steps=1", "trainer.max_epochs=1", *overrides, name=precision)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(training, "auto_channels_last", spy)
+            run(cfg)
+    assert layouts == {"bf16-mixed": True, "32-true": False}

@@ -42,7 +42,9 @@ class DiffusionModule(L.LightningModule):
         data: the run's data config (unused in training; evaluate.py rebuilds the data from it,
             so that it scores the model against the test split the model never saw).
         channels_last: keep the network's weights and the training batches in channels_last
-            memory format (speed only; the checkpoint's weights load either way).
+            memory format (speed only; the checkpoint's weights load either way). "auto":
+            contiguous until train.py decides once the Trainer knows its device and precision
+            (`facediff.lightning.training.auto_channels_last`) and calls `set_memory_format`.
         compile: `torch.compile` the network's forward for the training step only (validation
             and sampling run it eager; state_dict keys stay those of the plain network: no
             `_orig_mod.` prefix reaches checkpoints or the EMA). "auto": train.py decides once
@@ -66,7 +68,7 @@ class DiffusionModule(L.LightningModule):
         p_uncond: float,
         val_timesteps: int,
         val_seed: int,
-        channels_last: bool,
+        channels_last: bool | str,
         compile: bool | str,
         compile_mode: str | None,
         data: dict[str, Any] | None = None,
@@ -79,10 +81,9 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.class_names = list(class_names)
         self.net = build_model(model, image_size=image_size, num_classes=len(class_names))
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.set_memory_format(channels_last is True)
         self.schedule_steps: int | None = None  # the LR schedule's total steps, once built
         self.resumed_schedule: tuple[int, int] | None = None  # (step, total) of a resumed run
-        self.net.to(memory_format=self.memory_format)
         # Only the training step's forward is compiled: validation (eval mode, its own batch) and
         # the sampler (no grad, the sampler's batch) would each compile graphs of their own (one
         # compiled sample grid took 124 s against 18 s eager, BENCHMARKS.md run 19), so they run
@@ -95,6 +96,11 @@ class DiffusionModule(L.LightningModule):
         T = self.schedule.num_steps
         steps = torch.linspace(0, T - 1, max(1, min(val_timesteps, T))).round().long()
         self.val_t = steps.tolist()
+
+    def set_memory_format(self, channels_last: bool) -> None:
+        """Keep the network's weights, and the training batches, in channels_last or not."""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
 
     def compile_training_forward(self, mode: str | None) -> None:
         """Run the training step's forward through `torch.compile(mode=mode)` from now on."""

@@ -11,9 +11,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from facediff.checkpoint import check_resumable
 from facediff.config_checks import check_train_config
@@ -85,6 +86,31 @@ def auto_compile(compile: Any, trainer: L.Trainer) -> bool:
     return on
 
 
+def auto_channels_last(channels_last: Any, trainer: L.Trainer, net: nn.Module) -> bool:
+    """`module.channels_last: auto`: channels_last where it measured faster, i.e. on a CPU in
+    16-bit precision for a network whose every GroupNorm is facediff's (its channels_last path
+    made `unet_attn`'s bf16 step 1.2x faster than contiguous and the CPU recipe's 1.1x on a Xeon
+    with AMX, BENCHMARKS.md run 28); contiguous in fp32 (slower there for `unet_attn`, run 4),
+    on a GPU (20% slower on an H100, run 15) and for `original`, whose torch GroupNorm has a
+    slow channels_last backward. True/false are the user's; the choice of `auto` is logged."""
+    if channels_last != "auto":
+        return channels_last is True
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    sixteen_bit = str(trainer.precision).startswith(("bf16", "16"))
+    torch_norms = [m for m in net.modules() if type(m) is nn.GroupNorm]
+    if not on_cpu:
+        reason, on = "channels_last measured slower on a GPU (BENCHMARKS.md run 15)", False
+    elif not sixteen_bit:
+        reason, on = f"precision {trainer.precision}: it measured faster in 16-bit only", False
+    elif torch_norms:
+        reason, on = "this network's GroupNorm is torch's, slow in channels_last", False
+    else:
+        reason = f"{trainer.precision} on a CPU trained faster so (BENCHMARKS.md run 28)"
+        on = True
+    log.info("module.channels_last auto: %s, because %s", on, reason)
+    return on
+
+
 def build_module(cfg: DictConfig, class_names: list[str]) -> DiffusionModule:
     """The LightningModule of `cfg`, with plain-container hyper-parameters (checkpoint-safe)."""
 
@@ -137,6 +163,7 @@ def run(cfg: DictConfig) -> float | None:
     if ckpt_path:
         check_resumable(ckpt_path, dict(module.hparams))
     trainer = build_trainer(cfg)
+    module.set_memory_format(auto_channels_last(cfg.module.channels_last, trainer, module.net))
     if auto_compile(cfg.module.compile, trainer):  # CUDA graphs unless a mode is named
         module.compile_training_forward(cfg.module.compile_mode or "reduce-overhead")
     refuse_relaunch_in_multirun(trainer, in_multirun())
