@@ -58,17 +58,25 @@ def test_same_seed_same_images_whatever_the_batch_size(gen, sampler):
 
 
 def test_bf16_precision_runs_the_network_in_bf16_and_draws_the_same_images(gen):
-    """precision=bf16: autocast for the network only (its convolutions see bf16), the sampler's
-    arithmetic and the images stay fp32 and close to fp32 sampling from the same noise."""
+    """precision=bf16: autocast for the network only (its convolutions see bf16, in
+    channels_last on a CPU: sampling.network_layout), the sampler's arithmetic and the images
+    stay fp32 and close to fp32 sampling (contiguous) from the same noise."""
     seen = []
-    hook = gen.net.input_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+
+    def record(module: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        seen.append((out.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last)))
+
+    hook = gen.net.input_conv.register_forward_hook(record)
     kw = {"sampler": "dpmpp", "steps": 6, "guidance": 2.0, "seed": 3}
     try:
         low, _ = gen.sample(n_per_class=2, precision="bf16", **kw)
+        assert set(seen) == {(torch.bfloat16, True)}
+        seen.clear()
+        full, _ = gen.sample(n_per_class=2, precision="fp32", **kw)
+        assert set(seen) == {(torch.float32, False)}
     finally:
         hook.remove()
-    full, _ = gen.sample(n_per_class=2, precision="fp32", **kw)
-    assert set(seen) == {torch.bfloat16} and low.dtype == torch.float32
+    assert low.dtype == torch.float32 and low.is_contiguous()
     assert (low - full).abs().mean() < 0.02  # 1/50 of the [0, 1] range, on average
 
 

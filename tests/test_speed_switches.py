@@ -103,6 +103,19 @@ def test_compile_auto_trains_eager_on_a_cpu(tiny_cfg, monkeypatch):
     run(cfg)
 
 
+def tiny_net(model: str) -> torch.nn.Module:
+    """A small `unet` (facediff's GroupNorm) or `original` (torch's) at 16x16."""
+    from facediff.models.registry import build_model
+
+    cfg: dict[str, object] = {"name": model}
+    if model == "unet":
+        cfg |= dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                    attn_heads=1, dropout=0.0, grad_checkpoint=False, groups=4)  # fmt: skip
+    else:
+        cfg |= dict(need_weights=False, grad_checkpoint=False)
+    return build_model(cfg, image_size=16, num_classes=2)
+
+
 @pytest.mark.parametrize(
     ("accelerator", "precision", "model", "expected", "why"),
     [
@@ -118,15 +131,8 @@ def test_channels_last_auto_follows_the_measurements(
     """`module.channels_last: auto` picks channels_last on a CPU in 16-bit for facediff's
     GroupNorm networks only, and says why; true and false are the user's."""
     from facediff.lightning.training import auto_channels_last
-    from facediff.models.registry import build_model
 
-    cfg = {"name": model}
-    if model == "unet":
-        cfg |= dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
-                    attn_heads=1, dropout=0.0, grad_checkpoint=False, groups=4)  # fmt: skip
-    else:
-        cfg |= dict(need_weights=False, grad_checkpoint=False)
-    net = build_model(cfg, image_size=16, num_classes=2)
+    net = tiny_net(model)
     trainer = SimpleNamespace(accelerator=accelerator(), precision=precision)
     with caplog.at_level(logging.INFO, logger="facediff.lightning.training"):
         assert auto_channels_last("auto", trainer, net) is expected
@@ -154,3 +160,16 @@ def test_channels_last_auto_sets_the_layout_a_cpu_run_trains_in(tiny_cfg):
             mp.setattr(training, "auto_channels_last", spy)
             run(cfg)
     assert layouts == {"bf16-mixed": True, "32-true": False}
+
+
+@pytest.mark.parametrize("model", ["unet", "original"])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_sampling_layout_follows_the_same_rule(model, precision):
+    """Sampling feeds the network channels_last on a CPU in 16-bit, for facediff's GroupNorm
+    networks only (the rule of module.channels_last: auto)."""
+    from facediff.diffusion.sampling import network_layout
+
+    net = tiny_net(model)
+    cl = model == "unet" and precision == "bf16"
+    expected = torch.channels_last if cl else torch.contiguous_format
+    assert network_layout(net, precision, torch.device("cpu")) == expected

@@ -28,6 +28,7 @@ from facediff.lightning.out_of_memory import explain_out_of_memory
 from facediff.lightning.preemption import Preempted, as_preempted, resume_command
 from facediff.lightning.resume import resolve_ckpt_path
 from facediff.lightning.sweeps import in_multirun, objective_value
+from facediff.models.group_norm import fast_in_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,11 @@ def auto_channels_last(channels_last: Any, trainer: L.Trainer, net: nn.Module) -
         return channels_last is True
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
     sixteen_bit = str(trainer.precision).startswith(("bf16", "16"))
-    torch_norms = [m for m in net.modules() if type(m) is nn.GroupNorm]
     if not on_cpu:
         reason, on = "channels_last measured slower on a GPU (BENCHMARKS.md run 15)", False
     elif not sixteen_bit:
         reason, on = f"precision {trainer.precision}: it measured faster in 16-bit only", False
-    elif torch_norms:
+    elif not fast_in_channels_last(net):
         reason, on = "this network's GroupNorm is torch's, slow in channels_last", False
     else:
         reason = f"{trainer.precision} on a CPU trained faster so (BENCHMARKS.md run 28)"
