@@ -17,7 +17,9 @@
   contiguous network runs), torch's NHWC kernel, facediff's previous path (normalise in fp32,
   "before") and `ChannelsLastGroupNorm` ("after"); then whole bf16 training steps: `unet_attn`
   contiguous and channels_last (before / after), the size-matched peer (contiguous, its
-  fastest), and the CPU recipe's network (channels_last, before / after).
+  fastest), and the CPU recipe's network (channels_last, before / after); and five bf16
+  DPM-Solver++ steps (guidance 3) of both networks with the input contiguous ("before") and in
+  channels_last ("after", `facediff.diffusion.sampling.network_layout`).
 - dropout: facediff's CPU dropout (16 random bits per element) against nn.Dropout's
   (`bernoulli_`, one random number per element) at `unet_attn`'s four widths, and
   `unet_attn`'s whole training step (64x64, batch `--batch`, bf16) with each.
@@ -233,7 +235,43 @@ def groupnorm_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
                 cases[f"{key} after"] = step
             else:
                 cases[key] = step
+    for model, b, res in (("unet_attn", 8, size), ("utkface_cpu", 32, 32)):
+        key = f"{model} 5 sampling steps {res}px batch {b} bf16 guidance 3"
+        cases[f"{key} before"] = sampling_case(model, res, b, channels_last=False)
+        cases[f"{key} after"] = sampling_case(model, res, b, channels_last=True)
     return cases
+
+
+def sampling_case(model: str, size: int, batch: int, channels_last: bool) -> Callable[[], None]:
+    """Five DPM-Solver++ steps of `model` (random weights) with the network's input laid out by
+    facediff's rule (`channels_last`) or contiguous."""
+    import torch
+
+    import facediff.diffusion.sampling as sampling
+    from benchmarks.models import build_model
+    from facediff.diffusion.objective import build_diffusion
+    from facediff.diffusion.settings import SamplingSettings
+
+    torch.manual_seed(0)
+    net = build_model(model, size).eval()
+    with torch.no_grad():  # no zero-initialised layer: the network's output is not constant
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    schedule, objective = build_diffusion({"num_steps": 500, "prediction": "v"})
+    settings = SamplingSettings("dpmpp", 5, 3.0, 1.0, 0, "trailing", "bf16")
+    y, x_T = torch.arange(batch) % 3, torch.randn(batch, 3, size, size)
+    rule = sampling.network_layout
+
+    def run() -> None:
+        if not channels_last:
+            sampling.network_layout = lambda *a: torch.contiguous_format  # type: ignore[assignment]
+        try:
+            g = torch.Generator().manual_seed(0)
+            sampling.sample(net, schedule, objective, y, x_T, settings, generator=g)
+        finally:
+            sampling.network_layout = rule
+
+    return run
 
 
 def fp32_norm_step(step: Callable[[], None]) -> Callable[[], None]:
