@@ -236,6 +236,46 @@ def test_micro_dropout_before_case_uses_nn_dropout_and_restores_it() -> None:
     assert layers.Dropout.forward is fast
 
 
+def test_micro_groupnorm_before_case_uses_the_fp32_path_and_restores_it() -> None:
+    import pytest
+
+    from benchmarks.micro import fp32_group_norm_forward, fp32_norm_step
+    from facediff.models.group_norm import GroupNorm
+
+    seen = []
+
+    def step() -> None:
+        seen.append(GroupNorm.forward)
+        raise RuntimeError("step failed")
+
+    fast = GroupNorm.forward
+    with pytest.raises(RuntimeError, match="step failed"):
+        fp32_norm_step(step)()
+    assert seen == [fp32_group_norm_forward]
+    assert GroupNorm.forward is fast
+
+
+def test_micro_sampling_cases_lay_out_the_input_as_named_and_restore_the_rule(monkeypatch) -> None:
+    import torch
+
+    import facediff.diffusion.sampling as sampling
+    from benchmarks.micro import sampling_case
+
+    layouts = []
+    real_sample = sampling.sample
+
+    def spy(net, *args, **kwargs):
+        layouts.append(sampling.network_layout(net, "bf16", torch.device("cpu")))
+        return real_sample(net, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", spy)
+    rule = sampling.network_layout
+    for channels_last in (False, True):
+        sampling_case("unet_tiny", 16, 2, channels_last)()
+    assert layouts == [torch.contiguous_format, torch.channels_last]
+    assert sampling.network_layout is rule
+
+
 def test_paired_ratios_pair_each_round() -> None:
     """Round by round (the same round of both cases), not sorted lists or medians."""
     import statistics

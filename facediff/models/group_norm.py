@@ -17,10 +17,10 @@ normalisation, differentiated):
     db_g = sum_{c in g} weight_c * s1            ds_g     = sum_{c in g} weight_c * s2
     dx   = rstd * weight * dy  -  ds_g * rstd**3 / n * xc  -  db_g * rstd / n
 
-Centring x before the product, on the mean's part that x's dtype holds, keeps d_weight as
-precise as torch's NCHW kernel in that dtype when a group's mean is large against its spread
-(sum dy * x - mu * sum dy in bf16 lost 4% of d_weight at mean 10, std 1; centring on the mean
-rounded to bf16, 2%: tests/test_group_norm.py).
+Centring x before the product, on the mean's part that x's dtype holds, keeps d_weight at the
+dtype's rounding (1.9e-3 in bf16) when a group's mean is large against its spread: sum dy * x -
+mu * sum dy in bf16 lost 4% of d_weight at mean 10, std 1, centring on the mean rounded to
+bf16 2% (tests/test_group_norm.py).
 Benchmark: `python -m benchmarks.micro --only groupnorm`, BENCHMARKS.md run 28.
 """
 
