@@ -58,7 +58,9 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
         def per_channel(t: Tensor) -> Tensor:  # (B, G, 1) -> (B, 1, C) in x's dtype
             return t.expand(B, G, cpg).reshape(B, 1, C).to(dt)
 
-        tokens = lambda t: t.permute(0, 2, 3, 1).reshape(B, L, C)  # noqa: E731  NHWC view
+        def tokens(t: Tensor) -> Tensor:  # (B, C, H, W) channels_last -> its (B, L, C) view
+            return t.permute(0, 2, 3, 1).reshape(B, L, C)
+
         x3 = tokens(x)  # (B, L, C)
         dy3 = tokens(dy.contiguous(memory_format=torch.channels_last))  # (B, L, C)
         mean = mean.float().view(B, G, 1)
