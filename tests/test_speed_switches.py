@@ -142,24 +142,29 @@ def test_channels_last_auto_follows_the_measurements(
 
 
 def test_channels_last_auto_sets_the_layout_a_cpu_run_trains_in(tiny_cfg):
-    """In a run: bf16 on a CPU trains the weights in channels_last; fp32 keeps them contiguous."""
-    from facediff.lightning import training
+    """In a run: bf16 on a CPU trains the weights in channels_last; fp32 keeps them contiguous
+    (the layout the module is finally given, and its weights' layout after training)."""
+    from facediff.lightning.module import DiffusionModule
 
-    layouts = {}
-    real = training.auto_channels_last
-
-    def spy(setting, trainer, net):
-        on = real(setting, trainer, net)
-        layouts[str(trainer.precision)] = on
-        return on
+    layouts: dict[str, tuple[bool, bool]] = {}
+    real = DiffusionModule.set_memory_format
 
     for precision in ("bf16-mixed", "32-true"):
+
+        def spy(module, channels_last, precision=precision):
+            real(module, channels_last)
+            conv = module.net.input_conv.weight
+            layouts[precision] = (
+                channels_last,
+                conv.is_contiguous(memory_format=torch.channels_last),
+            )
+
         overrides = (f"trainer.precision={precision}", "module.channels_last=auto")
         cfg = tiny_cfg("trainer.max_steps=1", "trainer.max_epochs=1", *overrides, name=precision)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(training, "auto_channels_last", spy)
+            mp.setattr(DiffusionModule, "set_memory_format", spy)
             run(cfg)
-    assert layouts == {"bf16-mixed": True, "32-true": False}
+    assert layouts == {"bf16-mixed": (True, True), "32-true": (False, False)}
 
 
 @pytest.mark.parametrize("model", ["unet", "original"])

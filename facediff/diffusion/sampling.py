@@ -125,9 +125,9 @@ def sampling_precision(precision: str, device: torch.device) -> str:
 
 
 def network_layout(net: nn.Module, precision: str, device: torch.device) -> torch.memory_format:
-    """channels_last for a 16-bit pass on a CPU through a network of facediff's GroupNorms (its
-    forward 1.5x faster for unet_attn, 1.3x for the CPU recipe's network, BENCHMARKS.md run 28:
-    bf16 convolutions reorder NCHW inputs), the contiguous format elsewhere."""
+    """channels_last for a 16-bit pass on a CPU through a network of facediff's GroupNorms
+    (sampling steps 1.43x faster for unet_attn, 1.24x for the CPU recipe's network, BENCHMARKS.md
+    run 28: bf16 convolutions reorder NCHW inputs), the contiguous format elsewhere."""
     fast = device.type == "cpu" and sampling_precision(precision, device) != "fp32"
     if fast and fast_in_channels_last(net):
         return torch.channels_last

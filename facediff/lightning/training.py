@@ -89,9 +89,9 @@ def auto_compile(compile: Any, trainer: L.Trainer) -> bool:
 
 def auto_channels_last(channels_last: Any, trainer: L.Trainer, net: nn.Module) -> bool:
     """`module.channels_last: auto`: channels_last where it measured faster, i.e. on a CPU in
-    16-bit precision for a network whose every GroupNorm is facediff's (its channels_last path
-    made `unet_attn`'s bf16 step 1.2x faster than contiguous and the CPU recipe's 1.1x on a Xeon
-    with AMX, BENCHMARKS.md run 28); contiguous in fp32 (slower there for `unet_attn`, run 4),
+    16-bit precision for a network whose every GroupNorm is facediff's (with its channels_last
+    path `unet_attn`'s bf16 step ran 1.15x faster than contiguous on a Xeon with AMX,
+    BENCHMARKS.md run 28); contiguous in fp32 (slower there for `unet_attn`, run 4),
     on a GPU (20% slower on an H100, run 15) and for `original`, whose torch GroupNorm has a
     slow channels_last backward. True/false are the user's; the choice of `auto` is logged."""
     if channels_last != "auto":

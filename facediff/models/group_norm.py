@@ -123,7 +123,7 @@ class GroupNorm(nn.GroupNorm):
 
 def fast_in_channels_last(net: nn.Module) -> bool:
     """Whether `net` has no GroupNorm of torch's own (whose 16-bit channels_last CPU backward is
-    3-10x its NCHW one): the networks where channels_last pays on a CPU in 16-bit."""
+    5-10x its NCHW one): the networks where channels_last pays on a CPU in 16-bit."""
     return not any(type(m) is nn.GroupNorm for m in net.modules())
 
 
