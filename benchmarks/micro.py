@@ -20,6 +20,10 @@
   fastest), and the CPU recipe's network (channels_last, before / after); and five bf16
   DPM-Solver++ steps (guidance 3) of both networks with the input contiguous ("before") and in
   channels_last ("after", `facediff.diffusion.sampling.network_layout`).
+- adagn: the ResBlock's adaptive GroupNorm, GN(h) * (1 + scale) + shift, as three ops
+  ("before") and folded into `ChannelsLastGroupNorm`'s affine ("after"): forward + backward of
+  one bf16 channels_last (batch, 64, 64, 64) map, and whole bf16 channels_last training steps of
+  `unet_attn` (64x64, batch `--batch`) and of the CPU recipe's network, beside the peer's.
 - dropout: facediff's CPU dropout (16 random bits per element) against nn.Dropout's
   (`bernoulli_`, one random number per element) at `unet_attn`'s four widths, and
   `unet_attn`'s whole training step (64x64, batch `--batch`, bf16) with each.
@@ -28,6 +32,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import types
@@ -289,6 +294,59 @@ def fp32_norm_step(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def unfolded_resblock_forward(self: Any, x: Any, emb: Any) -> Any:
+    """ResBlock.forward before the scale-shift fold (kept for comparison only)."""
+    import torch.nn.functional as F
+
+    h = self.conv1(F.silu(self.norm1(x)))
+    scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+    h = self.norm2(h) * (1 + scale) + shift
+    return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+
+
+def adagn_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
+    import torch
+
+    from benchmarks.bench_train import TrainCase, TrainStep
+    from facediff.models.group_norm import GroupNorm
+    from facediff.models.layers import ResBlock
+
+    cases: dict[str, Callable[[], Any]] = {}
+    torch.manual_seed(0)
+    norm = GroupNorm(32, 64)
+    x = torch.randn(batch, 64, size, size).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    scale, shift = (torch.randn(batch, 64).to(torch.bfloat16).requires_grad_() for _ in "ab")
+    key = f"adaptive groupnorm B{batch} C64 {size}px bf16 cl"
+    cases[f"{key} before"] = fwd_bwd(
+        lambda: norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None], "bf16"
+    )
+    cases[f"{key} after"] = fwd_bwd(lambda: norm(x, scale, shift), "bf16")
+
+    def unfolded(step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            folded = ResBlock.forward
+            ResBlock.forward = unfolded_resblock_forward  # type: ignore[method-assign]
+            try:
+                step()
+            finally:
+                ResBlock.forward = folded  # type: ignore[method-assign]
+
+        return run
+
+    device = torch.device("cpu")
+    for model, b, res in (("unet_attn", batch, size), ("utkface_cpu", 64, 32)):
+        key = f"{model} step {res}px batch {b} bf16 cl"
+        case = TrainCase(model, "bf16", channels_last=True)
+        cases[f"{key} before"] = unfolded(TrainStep(case, res, b, device))
+        cases[f"{key} after"] = TrainStep(case, res, b, device)
+    with contextlib.suppress(ImportError):  # diffusers: the optional bench extra
+        cases[f"diffusers_unet2d step {size}px batch {batch} bf16 contiguous"] = TrainStep(
+            TrainCase("diffusers_unet2d", "bf16"), size, batch, device
+        )
+    return cases
+
+
 def dropout_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
     import torch
     from torch import nn
@@ -332,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument(
         "--only",
         default="attention,step,ops",
-        help="any of attention,step,ops,lowp,groupnorm,dropout",
+        help="any of attention,step,ops,lowp,groupnorm,adagn,dropout",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
@@ -357,6 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         cases |= lowp_cases()
     if "groupnorm" in only:
         cases |= groupnorm_cases(args.batch, args.size)
+    if "adagn" in only:
+        cases |= adagn_cases(args.batch, args.size)
     if "dropout" in only:
         cases |= dropout_cases(args.batch, args.size)
     times = interleave(cases, args.reps, args.warmup, torch.device("cpu"))

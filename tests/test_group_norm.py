@@ -69,6 +69,50 @@ def test_gradients_match_float64_as_closely_as_torchs_nchw_kernel(
         assert rel_err(a, r) <= max(2 * rel_err(b, r), 4e-3), name
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [32, 8])  # folded into ChannelsLastGroupNorm; torch's ops
+def test_adaptive_scale_shift_matches_float64_as_closely_as_torchs_ops(
+    dtype: torch.dtype, size: int, affine: tuple[Tensor, Tensor]
+) -> None:
+    """GN(x) * (1 + scale) + shift: every gradient (x, weight, bias, scale, shift) against
+    float64, next to the same expression in torch's own NCHW ops and the same dtype."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 32, size, size, generator=g) + 10.0).to(dtype)
+    dy = torch.randn(3, 32, size, size, generator=g).to(dtype)
+    scale, shift = (torch.randn(3, 32, generator=g).to(dtype) for _ in range(2))
+
+    def run(norm: torch.nn.GroupNorm, x: Tensor, ours: bool) -> list[Tensor]:
+        leaves = [t.detach().clone().requires_grad_() for t in (x, scale, shift)]
+        xi, sc, sh = leaves
+        with torch.no_grad():
+            norm.weight.copy_(affine[0])
+            norm.bias.copy_(affine[1])
+        if ours:
+            out = norm(xi, sc, sh)
+        else:
+            out = norm(xi) * (1 + sc[:, :, None, None]) + sh[:, :, None, None]
+        out.backward(dy.to(out.dtype).contiguous(memory_format=CL) if ours else dy.to(out.dtype))
+        return [out, *(t.grad for t in leaves), norm.weight.grad, norm.bias.grad]
+
+    expected = run(torch.nn.GroupNorm(8, 32, eps=1e-6).double(), x.double(), ours=False)
+    theirs = run(torch.nn.GroupNorm(8, 32, eps=1e-6), x, ours=False)
+    ours = run(GroupNorm(8, 32, eps=1e-6), x.contiguous(memory_format=CL), ours=True)
+    folded = "ChannelsLast" in type(ours[0].grad_fn).__name__ or any(
+        "ChannelsLast" in type(f).__name__ for f, _ in ours[0].grad_fn.next_functions if f
+    )
+    assert folded == (size * size >= MIN_PIXELS)
+    assert ours[0].dtype == dtype and ours[0].is_contiguous(memory_format=CL)
+    names = ("out", "dx", "d_scale", "d_shift", "d_weight", "d_bias")
+    for name, a, b, r in zip(names, ours, theirs, expected, strict=True):
+        assert a is not None and b is not None and r is not None
+        assert rel_err(a, r) <= max(2 * rel_err(b, r), 4e-3), name
+
+
+def test_scale_without_shift_is_refused() -> None:
+    with pytest.raises(ValueError, match="both scale and shift"):
+        GroupNorm(4, 16)(torch.randn(2, 16, 4, 4), torch.zeros(2, 16))
+
+
 def test_bf16_weights_give_bf16_gradients() -> None:
     norm = GroupNorm(4, 16).to(torch.bfloat16)
     x = torch.randn(2, 16, 4, 4).to(torch.bfloat16).contiguous(memory_format=CL)

@@ -34,14 +34,25 @@ from torch.autograd.function import once_differentiable
 
 
 class ChannelsLastGroupNorm(torch.autograd.Function):
-    """GroupNorm of a channels_last tensor: torch's forward, the backward above."""
+    """GroupNorm of a channels_last tensor: torch's forward, the backward above. The affine
+    weight and bias are per channel, (C,), or per sample and channel, (B, C): the adaptive
+    GroupNorm of a ResBlock, GN(x) * (1 + scale) + shift, is this with weight * (1 + scale) and
+    bias * (1 + scale) + shift, and its backward needs no more than the sums s1 and s2."""
 
     @staticmethod
     def forward(
         ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float
     ) -> Tensor:
         B, C, H, W = x.shape
-        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, B, C, H * W, groups, eps)
+        per_sample = weight.dim() == 2
+        # an fp32 affine, if only ones and zeros: without one, a 16-bit x gets its mean and
+        # 1/std back in 16 bits, too coarse for the backward (d_scale 4x torch's error)
+        one = torch.ones(C, dtype=torch.float32, device=x.device)
+        affine = (one, torch.zeros_like(one)) if per_sample else (weight, bias)
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, *affine, B, C, H * W, groups, eps)
+        if per_sample:  # one multiply-add pass, in place on the normalised x
+            w4, b4 = (t.to(x.dtype)[:, :, None, None] for t in (weight, bias))  # (B, C, 1, 1)
+            y = torch.addcmul(b4, y, w4, out=y)
         ctx.save_for_backward(x, weight, mean, rstd)  # mean, rstd: (B, G)
         ctx.groups = groups
         return y  # (B, C, H, W), channels_last, x's dtype
@@ -74,16 +85,18 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
         s1 = torch.bmm(ones, dy3).float().view(B, G, cpg)  # sum_hw dy
         s2 = torch.bmm(ones, dy3 * xc).float().view(B, G, cpg)  # sum_hw dy * (x - mu_hi)
         s2 = s2 - mean_lo * s1  # sum_hw dy * (x - mu)
-        w = weight.float().view(G, cpg)
+        w = weight.float().view(-1, G, cpg)  # (1 or B, G, cpg)
         db = (s1 * w).sum(-1, keepdim=True)  # (B, G, 1)
         ds = (s2 * w).sum(-1, keepdim=True)  # (B, G, 1)
         c2 = -ds * rstd**3 / n  # the factor of x - mu in dx
         dx3 = torch.addcmul(per_channel(c2 * mean_lo - db * rstd / n), xc, per_channel(c2))
         dx3.addcmul_(dy3, (rstd * w).reshape(B, 1, C).to(dt))
         dx = dx3.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
-        d_weight = (rstd * s2).sum(0).reshape(C).to(weight.dtype)
-        d_bias = s1.sum(0).reshape(C).to(weight.dtype)
-        return dx, d_weight, d_bias, None, None
+        d_weight = (rstd * s2).reshape(B, C)  # sum_hw dy * x_hat
+        d_bias = s1.reshape(B, C)
+        if weight.dim() == 1:
+            d_weight, d_bias = d_weight.sum(0), d_bias.sum(0)
+        return dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype), None, None
 
 
 # Below this many pixels per channel (32x32), torch's NHWC forward is slow (7.7 ms against 0.3
@@ -109,16 +122,34 @@ def takes_channels_last_path(x: Tensor) -> bool:
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters and state_dict) with a fast path for 16-bit channels_last
     CPU batches: ``ChannelsLastGroupNorm`` from 32x32 up, torch's NCHW kernel (and back to
-    channels_last) below. Every other input takes nn.GroupNorm's own path."""
+    channels_last) below. Every other input takes nn.GroupNorm's own path.
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.affine or not takes_channels_last_path(x):
-            return super().forward(x)
-        with torch.autocast("cpu", enabled=False):  # the output stays in x's dtype
-            if x.shape[-2] * x.shape[-1] < MIN_PIXELS:
-                out = super().forward(x.contiguous())
-                return out.contiguous(memory_format=torch.channels_last)
-            return ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+    Given ``scale`` and ``shift`` ((B, C) each) it returns the adaptive GroupNorm of a
+    conditioned ResBlock, GN(x) * (1 + scale) + shift: on the fast path folded into the
+    normalisation's affine, which saves the separate multiply and add passes over the feature
+    map and their backward (BENCHMARKS.md run 29); elsewhere as those two ops."""
+
+    def forward(
+        self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None
+    ) -> Tensor:
+        if (scale is None) != (shift is None):
+            raise ValueError("GroupNorm: give both scale and shift, or neither")
+        fast = self.affine and takes_channels_last_path(x)
+        if fast and x.shape[-2] * x.shape[-1] >= MIN_PIXELS:
+            weight, bias = self.weight, self.bias
+            if scale is not None and shift is not None:
+                gain = 1 + scale.float()  # (B, C)
+                weight, bias = weight * gain, bias * gain + shift.float()
+            with torch.autocast("cpu", enabled=False):  # the output stays in x's dtype
+                return ChannelsLastGroupNorm.apply(x, weight, bias, self.num_groups, self.eps)
+        if fast:
+            with torch.autocast("cpu", enabled=False):
+                out = super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        else:
+            out = super().forward(x)
+        if scale is None or shift is None:
+            return out
+        return out * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
 def fast_in_channels_last(net: nn.Module) -> bool:

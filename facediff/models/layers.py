@@ -114,8 +114,8 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         # x: (B, C_in, H, W), emb: (B, E) -> (B, C_out, H, W)
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B,C,1,1)
-        h = self.norm2(h) * (1 + scale) + shift
+        scale, shift = self.emb_proj(F.silu(emb)).chunk(2, dim=1)  # (B, C_out) each
+        h = self.norm2(h, scale, shift)  # GN(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
