@@ -25,8 +25,9 @@
   one bf16 channels_last (batch, 64, 64, 64) map, and whole bf16 channels_last training steps of
   `unet_attn` (64x64, batch `--batch`) and of the CPU recipe's network, beside the peer's.
 - dropout: facediff's CPU dropout (16 random bits per element) against nn.Dropout's
-  (`bernoulli_`, one random number per element) at `unet_attn`'s four widths, and
-  `unet_attn`'s whole training step (64x64, batch `--batch`, bf16) with each.
+  (`bernoulli_`, one random number per element) and against its own words drawn by
+  `torch.randint` (run 22's path), at `unet_attn`'s four widths, and `unet_attn`'s whole
+  training step (64x64, batch `--batch`, bf16) with each.
 """
 
 from __future__ import annotations
@@ -360,12 +361,35 @@ def dropout_cases(batch: int, size: int) -> dict[str, Callable[[], None]]:
         x = torch.randn(batch, ch, res, res).to(torch.bfloat16).requires_grad_()
         key = f"dropout 0.1 B{batch} C{ch} {res}px bf16"
         cases[f"{key} before"] = fwd_bwd(lambda x=x: old(x), "bf16")
+        cases[f"{key} randint words"] = randint_words(fwd_bwd(lambda x=x: new(x), "bf16"))
         cases[f"{key} after"] = fwd_bwd(lambda x=x: new(x), "bf16")
     case, device = TrainCase("unet_attn", "bf16"), torch.device("cpu")
     key = f"unet_attn step {size}px batch {batch} bf16"
     cases[f"{key} before"] = torch_dropout_step(TrainStep(case, size, batch, device))
+    cases[f"{key} randint words"] = randint_words(TrainStep(case, size, batch, device))
     cases[f"{key} after"] = TrainStep(case, size, batch, device)
     return cases
+
+
+def randint_words(run_case: Callable[[], None]) -> Callable[[], None]:
+    """Run `run_case` with facediff's dropout drawing its words by `torch.randint` over the
+    int64 range (BENCHMARKS.md run 22's path) instead of `random_words` (run 29)."""
+    import torch
+
+    import facediff.models.layers as layers
+
+    def draw(count: int) -> Any:
+        return torch.randint(-(2**63), 2**63 - 1, (count,), dtype=torch.int64)
+
+    def run() -> None:
+        fast = layers.random_words
+        layers.random_words = draw  # type: ignore[assignment]
+        try:
+            run_case()
+        finally:
+            layers.random_words = fast
+
+    return run
 
 
 def torch_dropout_step(step: Callable[[], None]) -> Callable[[], None]:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from facediff.models.layers import Dropout
+from facediff.models import layers
+from facediff.models.layers import Dropout, random_words
 
 
 def scale_of(p: float) -> float:
@@ -23,11 +24,11 @@ def test_drops_exactly_its_share_of_every_16_bit_value(
     """Words whose 16-bit lanes run through all 65,536 values: exactly round(p * 65536) drop."""
     every_value = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
 
-    def words(low: int, high: int, size: tuple[int, ...], **kwargs: Any) -> torch.Tensor:
-        assert size == (16384,) and kwargs["dtype"] == torch.int64
+    def words(count: int) -> torch.Tensor:
+        assert count == 16384
         return every_value.view(torch.int64)
 
-    monkeypatch.setattr(torch, "randint", words)
+    monkeypatch.setattr(layers, "random_words", words)
     out = Dropout(p)(torch.ones(65536))
     assert int((out == 0).sum()) == round(p * 65536)
     torch.testing.assert_close(out[out != 0], torch.full((65536 - round(p * 65536),), scale_of(p)))
@@ -120,3 +121,17 @@ def test_eval_mode_and_state_dict_are_nn_dropouts() -> None:
     x = torch.randn(4, 4)
     torch.testing.assert_close(layer(x), x)
     assert isinstance(layer, nn.Dropout) and layer.state_dict() == {}
+
+
+def test_random_words_fill_every_16_bit_lane_uniformly() -> None:
+    """The mask's bits: each of a word's four 16-bit lanes uniform over all 65,536 values
+    (a generator drawing 63-bit words would leave one lane's sign bit always 0), and
+    reproducible from torch's seed."""
+    torch.manual_seed(0)
+    lanes = random_words(1 << 16).view(torch.int16).view(-1, 4).float()  # (65536, 4)
+    assert lanes.min() == -32768 and lanes.max() == 32767
+    negative = (lanes < 0).float().mean(0)  # (4,): 0.5 each, +-0.002 is 1 sigma
+    assert ((negative - 0.5).abs() < 0.01).all(), negative
+    torch.testing.assert_close(lanes.std(0), torch.full((4,), 65536 / 12**0.5), rtol=0.02, atol=0)
+    torch.manual_seed(0)
+    assert torch.equal(random_words(1 << 16).view(torch.int16).view(-1, 4).float(), lanes)
