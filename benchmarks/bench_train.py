@@ -1,8 +1,9 @@
 """Training throughput: the full step of every case, interleaved; FLOPs per image; EMA share.
 
 A step is what a facediff training step does: draw t and the noise, forward and MSE under the
-case's autocast, backward, gradient clipping at 1.0, AdamW, and the EMA update through facediff's
-multi-tensor update (`facediff.ema.EMADecay`, one `torch._foreach_lerp_` over all tensors).
+case's autocast, backward, gradient clipping at 1.0, AdamW (fused as `optim.optimizer.fused:
+auto` chooses) and the EMA update through facediff's multi-tensor update
+(`facediff.ema.EMADecay`, one `torch._foreach_lerp_` over all tensors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from benchmarks.models import build_model, model_size, num_parameters, set_grad_
 from facediff.diffusion.objective import build_diffusion, diffusion_loss
 from facediff.diffusion.sampling import network_precision
 from facediff.lightning.ema import EMADecay
+from facediff.lightning.optim import fused_choice
 
 
 def error_text(exc: BaseException) -> str:
@@ -65,7 +67,9 @@ class TrainStep:
             mode = "reduce-overhead" if case.compile_graphs else None
             self.forward = torch.compile(net, mode=mode)  # type: ignore[assignment]
         self.params = [p for p in net.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=2e-4)
+        # fused as training's `optim.optimizer.fused: auto` decides (not under fp16's scaler)
+        fused = fused_choice("auto", case.precision == "fp16", device.type)
+        self.opt = torch.optim.AdamW(self.params, lr=2e-4, fused=fused)
         self.scaler = torch.amp.GradScaler(device.type, enabled=case.precision == "fp16")
         self.ema_avg = EMADecay(decay=0.995)
         averaged = [*net.parameters(), *net.buffers()]

@@ -231,6 +231,7 @@ def check_train_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         and all(is_number(b) and 0 <= b < 1 for b in betas)
     ):
         c.fail("optim.optimizer.betas", betas, "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    c.choice("optim.optimizer.fused", (True, False, None, "auto"))
     c.integer("optim.scheduler.warmup_steps", 0)
     c.number("optim.scheduler.min_lr_ratio", 0.0, 1.0)
     c.integer("seed", 0, null=True)

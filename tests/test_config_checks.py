@@ -78,6 +78,7 @@ def test_every_shipped_config_passes(compose_cfg, override):
          "callbacks.eval_metrics.max_time_share=0.05: must be null when eval/kid is the"),
         (["callbacks.sample_grid.max_time_share=0"], "callbacks.sample_grid.max_time_share=0"),
         (["module.channels_last=yes"], "module.channels_last='yes': must be one of [True, False, "),
+        (["optim.optimizer.fused=yes"], "optim.optimizer.fused='yes': must be one of [True, "),
         (["module.compile_mode=fast"], "module.compile_mode='fast': must be one of [None, "),
         (["callbacks.eval_metrics=null", "optimized_metric=eval/kid"],
          "optimized_metric='eval/kid': must be null or one of"),

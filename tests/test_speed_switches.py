@@ -178,3 +178,77 @@ def test_sampling_layout_follows_the_same_rule(model, precision):
     cl = model == "unet" and precision == "bf16"
     expected = torch.channels_last if cl else torch.contiguous_format
     assert network_layout(net, precision, torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adamw_auto_trains_clipped_and_resumes(tiny_cfg, precision, monkeypatch):
+    """`optim.optimizer.fused: auto` on a CPU without a GradScaler: the run's AdamW is fused,
+    every step's gradients are still clipped (Lightning's mixed-precision plugin would refuse a
+    fused optimizer), and the checkpoint resumes."""
+    from lightning.pytorch.plugins.precision import Precision
+
+    clipped = []
+    by_norm = Precision.clip_grad_by_norm
+
+    def spy(self, optimizer, clip_val):
+        clipped.append(optimizer.param_groups[0]["fused"])
+        return by_norm(self, optimizer, clip_val)
+
+    monkeypatch.setattr(Precision, "clip_grad_by_norm", spy)
+    steps = ("trainer.max_epochs=3", "trainer.gradient_clip_val=1.0")
+    cfg = tiny_cfg("trainer.max_steps=2", f"trainer.precision={precision}", *steps)
+    run(cfg)
+    assert clipped == [True, True]
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    resumed = tiny_cfg("trainer.max_steps=3", f"trainer.precision={precision}", *steps,
+                       f"ckpt_path={last}", name="resumed")  # fmt: skip
+    run(resumed)
+    assert clipped == [True, True, True]
+
+
+def test_fused_auto_follows_the_precision_and_the_optimizer(caplog):
+    """fused where no GradScaler unscales (fp32, bf16) on a CPU or GPU; not beside foreach or
+    under fp16's scaler; left out for an optimizer without the argument; true/false kept."""
+    from functools import partial
+
+    from facediff.lightning.optim import resolve_fused
+
+    def trainer(scaler):
+        plugin = SimpleNamespace(scaler=scaler)
+        return SimpleNamespace(precision_plugin=plugin, precision="x")
+
+    adamw = partial(torch.optim.AdamW, lr=1e-3, fused="auto")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with caplog.at_level(logging.INFO, logger="facediff.lightning.optim"):
+        assert resolve_fused(adamw, trainer(None), "cpu")(params).defaults["fused"] is True
+    assert "optim.optimizer.fused auto: True" in caplog.text
+    assert resolve_fused(adamw, trainer(object()), "cuda").keywords["fused"] is False
+    assert resolve_fused(adamw, trainer(None), "mps").keywords["fused"] is False
+    with_foreach = partial(torch.optim.AdamW, fused="auto", foreach=True)
+    assert resolve_fused(with_foreach, trainer(None), "cpu").keywords["fused"] is False
+    fixed = partial(torch.optim.AdamW, fused=False)
+    assert resolve_fused(fixed, trainer(None), "cpu") is fixed
+
+    class Plain(torch.optim.SGD):
+        def __init__(self, params, lr: float = 0.1) -> None:
+            super().__init__(params, lr=lr)
+
+    plain = resolve_fused(partial(Plain, fused="auto"), trainer(None), "cpu")
+    assert "fused" not in plain.keywords and isinstance(plain(params), Plain)
+
+
+def test_clipping_under_a_grad_scaler_stays_lightnings():
+    """With fp16's GradScaler the clipping is Lightning's own (which refuses a fused step)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from facediff.lightning.optim import clip_gradients
+
+    calls = []
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    module = SimpleNamespace(
+        trainer=SimpleNamespace(precision_plugin=plugin),
+        clip_gradients=lambda *args: calls.append(args[1:]),
+    )
+    clip_gradients(module, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))]), 1.0, "norm")
+    assert calls == [(1.0, "norm")]

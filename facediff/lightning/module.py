@@ -13,7 +13,13 @@ from torch import Tensor
 
 from facediff.checkpoint import CHECKPOINT_FORMAT, upgrade_checkpoint
 from facediff.diffusion.objective import build_diffusion, diffusion_loss, drop_labels
-from facediff.lightning.optim import parameter_groups, schedule_change, warmup_cosine
+from facediff.lightning.optim import (
+    clip_gradients,
+    parameter_groups,
+    resolve_fused,
+    schedule_change,
+    warmup_cosine,
+)
 from facediff.models.registry import build_model, model_record
 
 log = logging.getLogger(__name__)
@@ -153,7 +159,7 @@ class DiffusionModule(L.LightningModule):
         # weight_decay 0 (the default recipe) one group, so the LR is logged as lr-AdamW.
         wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay")
         params = self.parameters() if wd == 0 else parameter_groups(self.net)
-        optimizer = self.optimizer_factory(params)
+        optimizer = resolve_fused(self.optimizer_factory, self.trainer, self.device.type)(params)
         sched = self.hparams.optim["scheduler"]
         lr_lambda = partial(
             warmup_cosine,
@@ -174,6 +180,14 @@ class DiffusionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # fused in bf16
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A marker so that sampling and resume can tell a facediff checkpoint from any other,
